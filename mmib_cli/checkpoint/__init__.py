@@ -1,0 +1,1 @@
+"""mmib_cli.checkpoint"""

