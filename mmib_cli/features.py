@@ -1,0 +1,238 @@
+"""Featurisation: words → sub-word windows → padded tensor batches, for NER and RE.
+
+Long posts are cut into overlapping windows of at most `max_length` pieces; every word is labelled in at least
+one window, and `merge_window_emissions` keeps, for each word, the window in which it has the most context, so
+no word is ever silently dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from mmib_cli.text import word_shape
+
+MARKERS = ("[unused0]", "[unused1]", "[unused2]", "[unused3]")  # <s> </s> <o> </o> around head and tail
+MAX_PIECES_PER_WORD = 16  # only the first piece is labelled; the rest is context
+
+
+@dataclass
+class Window:
+    """One model input row: pieces of a (part of a) post plus where its labelled words start."""
+
+    input_ids: list[int]
+    word_shape_ids: list[int]
+    word_index: list[int] = field(default_factory=list)  # NER: piece position of each labelled word's first piece
+    first_word: int = 0  # NER: index in the post of the first labelled word
+    num_post_words: int = 0  # NER: number of words of the whole post
+    labels: list[int] | None = None  # NER: tag id per labelled word; RE: [relation id]
+    head_index: int = 0  # RE: position of the head start marker
+    tail_index: int = 0  # RE: position of the tail start marker
+    post: int = 0  # index of the post (or pair) in the encoded batch
+
+
+class Featurizer:
+    """Turns word lists into model windows with a fast HF tokenizer (one tokenizer call per batch).
+
+    Args:
+        tokenizer: a fast BERT-family tokenizer whose vocab has `[unused0..3]` (used as entity markers).
+        max_length: pieces per window, including `[CLS]` and `[SEP]`.
+        stride: pieces of overlap between consecutive NER windows.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int = 128, stride: int = 32) -> None:
+        if max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {max_length}")
+        if not 0 <= stride < max_length // 2:
+            raise ValueError(f"stride must be in [0, max_length/2), got {stride} for max_length {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.stride = stride
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.unk_id = tokenizer.unk_token_id
+        self.marker_ids = [tokenizer.convert_tokens_to_ids(m) for m in MARKERS]
+        if any(i is None or i == self.unk_id for i in self.marker_ids):
+            raise ValueError(f"tokenizer vocab lacks the marker tokens {MARKERS}")
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Sub-word ids of every word (at least one piece per word: `[UNK]` when the tokenizer yields none)."""
+        out: list[list[list[int]]] = [[[] for _ in words] for words in words_batch]
+        todo = [i for i, words in enumerate(words_batch) if words]
+        if not todo:
+            return out
+        encoded = self.tokenizer([list(words_batch[i]) for i in todo], is_split_into_words=True,
+                                 add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        for row, post in enumerate(todo):
+            ids = encoded["input_ids"][row]
+            for piece, word in zip(ids, encoded.word_ids(row)):
+                if word is not None and len(out[post][word]) < MAX_PIECES_PER_WORD:
+                    out[post][word].append(piece)
+        for pieces in out:
+            for w, p in enumerate(pieces):
+                if not p:
+                    pieces[w] = [self.unk_id]
+        return out
+
+    # -- NER ------------------------------------------------------------------------------------------------
+    def encode_ner(self, words_batch: Sequence[Sequence[str]],
+                   tags_batch: Sequence[Sequence[int]] | None = None) -> list[list[Window]]:
+        """Windows for each post (a post with no words gets one window with no labelled word)."""
+        budget = self.max_length - 2
+        result: list[list[Window]] = []
+        for post, (words, pieces) in enumerate(zip(words_batch, self.word_pieces(words_batch))):
+            pieces = [p[:budget] for p in pieces]
+            shapes = [word_shape(w) for w in words]
+            tags = tags_batch[post] if tags_batch is not None else None
+            windows = []
+            for start, end in self._spans(pieces, budget):
+                ids, shape_ids, index = [self.cls_id], [0], []
+                for w in range(start, end):
+                    index.append(len(ids))
+                    ids.extend(pieces[w])
+                    shape_ids.extend([shapes[w]] * len(pieces[w]))
+                ids.append(self.sep_id)
+                shape_ids.append(0)
+                windows.append(Window(ids, shape_ids, index, start, len(words),
+                                      list(tags[start:end]) if tags is not None else None, post=post))
+            result.append(windows)
+        return result
+
+    def _spans(self, pieces: list[list[int]], budget: int) -> list[tuple[int, int]]:
+        n = len(pieces)
+        if n == 0:
+            return [(0, 0)]
+        spans, start = [], 0
+        while True:
+            end, used = start, 0
+            while end < n and used + len(pieces[end]) <= budget:
+                used += len(pieces[end])
+                end += 1
+            spans.append((start, end))
+            if end >= n:
+                return spans
+            back, overlap = end, 0
+            while back - 1 > start and overlap + len(pieces[back - 1]) <= self.stride:
+                back -= 1
+                overlap += len(pieces[back])
+            start = back
+
+    # -- RE -------------------------------------------------------------------------------------------------
+    def encode_re(self, words: Sequence[str], head: tuple[int, int], tail: tuple[int, int],
+                  label: int | None = None, post: int = 0) -> Window:
+        """One window with `[unused0] head [unused1]` and `[unused2] tail [unused3]` markers around the spans."""
+        return self.encode_re_batch([(words, head, tail)], [label] if label is not None else None, post)[0]
+
+    def encode_re_batch(self, items: Sequence[tuple[Sequence[str], tuple[int, int], tuple[int, int]]],
+                        labels: Sequence[int] | None = None, first_post: int = 0) -> list[Window]:
+        """Encode many (words, head span, tail span) items with one tokenizer call."""
+        for words, head, tail in items:
+            for span in (head, tail):
+                if not (0 <= span[0] < span[1] <= len(words)):
+                    raise ValueError(f"entity span {span} is outside the {len(words)} words")
+        all_pieces = self.word_pieces([words for words, _, _ in items])
+        windows = []
+        for k, ((words, head, tail), pieces) in enumerate(zip(items, all_pieces)):
+            shapes = [word_shape(w) for w in words]
+            lo, hi = self._re_word_range(pieces, head, tail)
+            if sum(len(p) for p in pieces[lo:hi]) > self.max_length - 6:  # entities alone overflow: first pieces only
+                pieces = [p[:1] for p in pieces]
+            ids, shape_ids = [self.cls_id], [0]
+            head_index = tail_index = 0
+            for w in range(lo, hi):
+                for marker, pos in ((0, head[0]), (2, tail[0])):
+                    if w == pos:
+                        if marker == 0:
+                            head_index = len(ids)
+                        else:
+                            tail_index = len(ids)
+                        ids.append(self.marker_ids[marker])
+                        shape_ids.append(0)
+                ids.extend(pieces[w])
+                shape_ids.extend([shapes[w]] * len(pieces[w]))
+                for marker, pos in ((1, head[1]), (3, tail[1])):
+                    if w == pos - 1:
+                        ids.append(self.marker_ids[marker])
+                        shape_ids.append(0)
+            ids.append(self.sep_id)
+            shape_ids.append(0)
+            ids, shape_ids = ids[: self.max_length - 1] + [self.sep_id], shape_ids[: self.max_length - 1] + [0]
+            windows.append(Window(ids, shape_ids, labels=[labels[k]] if labels is not None else None,
+                                  head_index=min(head_index, self.max_length - 2),
+                                  tail_index=min(tail_index, self.max_length - 2), post=first_post + k))
+        return windows
+
+    def _re_word_range(self, pieces: list[list[int]], head: tuple[int, int], tail: tuple[int, int]) -> tuple[int, int]:
+        """Largest word range around both entities that fits the window (drop words farthest from them)."""
+        budget = self.max_length - 2 - 4
+        lo, hi = 0, len(pieces)
+        core_lo, core_hi = min(head[0], tail[0]), max(head[1], tail[1])
+        total = sum(len(p) for p in pieces)
+        while total > budget and (lo < core_lo or hi > core_hi):
+            if hi > core_hi and (hi - core_hi >= core_lo - lo or lo >= core_lo):
+                hi -= 1
+                total -= len(pieces[hi])
+            else:
+                total -= len(pieces[lo])
+                lo += 1
+        return lo, hi
+
+    # -- tensors --------------------------------------------------------------------------------------------
+    def collate(self, windows: Sequence[Window], task: str) -> dict[str, torch.Tensor]:
+        """Pad windows into a batch dict (see docs/ARCHITECTURE.md for keys and shapes)."""
+        length = max(len(w.input_ids) for w in windows)
+        batch = len(windows)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, length), dtype=torch.long)
+        shapes = torch.zeros((batch, length), dtype=torch.long)
+        for i, w in enumerate(windows):
+            n = len(w.input_ids)
+            input_ids[i, :n] = torch.tensor(w.input_ids)
+            attention[i, :n] = 1
+            shapes[i, :n] = torch.tensor(w.word_shape_ids)
+        out = {"input_ids": input_ids, "attention_mask": attention, "word_shape_ids": shapes}
+        if task == "ner":
+            words = max(1, max(len(w.word_index) for w in windows))
+            index = torch.zeros((batch, words), dtype=torch.long)
+            mask = torch.zeros((batch, words), dtype=torch.bool)
+            labels = torch.zeros((batch, words), dtype=torch.long)
+            for i, w in enumerate(windows):
+                k = len(w.word_index)
+                index[i, :k] = torch.tensor(w.word_index, dtype=torch.long)
+                mask[i, :k] = True
+                if w.labels is not None:
+                    labels[i, :k] = torch.tensor(w.labels, dtype=torch.long)
+            out.update(word_index=index, word_mask=mask)
+            if windows[0].labels is not None:
+                out["labels"] = labels
+        else:
+            out["head_index"] = torch.tensor([w.head_index for w in windows], dtype=torch.long)
+            out["tail_index"] = torch.tensor([w.tail_index for w in windows], dtype=torch.long)
+            if windows[0].labels is not None:
+                out["labels"] = torch.tensor([w.labels[0] for w in windows], dtype=torch.long)
+        return out
+
+
+def merge_window_emissions(windows: Sequence[Window], emissions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Word-level emissions `(num_words, num_tags)` of one post from its windows' rows `(W_i, num_tags)`.
+
+    Each word takes the row of the window in which it is farthest from a cut window edge (a post boundary is
+    not a cut), so overlapping windows give every word its best context.
+    """
+    n = windows[0].num_post_words
+    num_tags = emissions[0].shape[-1]
+    merged = torch.zeros((n, num_tags), dtype=emissions[0].dtype)
+    best = [-1.0] * n
+    for window, rows in zip(windows, emissions):
+        a, b = window.first_word, window.first_word + len(window.word_index)
+        for i in range(a, b):
+            left = float("inf") if a == 0 else i - a
+            right = float("inf") if b == n else b - 1 - i
+            score = min(left, right)
+            if score > best[i]:
+                best[i] = score
+                merged[i] = rows[i - a]
+    return merged
