@@ -20,11 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmib_cli.errors import DataFormatError
-
-try:  # the canonical constants; fall back to a local copy while model/configuration.py is not there
-    from mmib_cli.model.configuration import NER_LABELS
-except ImportError:  # pragma: no cover - only while the model package is incomplete
-    NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+from mmib_cli.model.configuration import NER_LABELS
 
 logger = logging.getLogger(__name__)
 

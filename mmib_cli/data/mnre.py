@@ -18,18 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmib_cli.errors import DataFormatError
-
-try:  # the canonical constants; fall back to a local copy while model/configuration.py is not there
-    from mmib_cli.model.configuration import RE_LABELS
-except ImportError:  # pragma: no cover - only while the model package is incomplete
-    RE_LABELS = [
-        "None", "/per/per/parent", "/per/per/siblings", "/per/per/couple", "/per/per/neighbor", "/per/per/peer",
-        "/per/per/charges", "/per/per/alumi", "/per/per/alternate_names", "/per/org/member_of",
-        "/per/loc/place_of_residence", "/per/loc/place_of_birth", "/org/org/alternate_names",
-        "/org/org/subsidiary", "/org/loc/locate_at", "/loc/loc/contain", "/per/misc/present_in",
-        "/per/misc/awarded", "/per/misc/race", "/per/misc/religion", "/per/misc/nationality",
-        "/misc/misc/part_of", "/misc/loc/held_on",
-    ]
+from mmib_cli.model.configuration import RE_LABELS
 
 logger = logging.getLogger(__name__)
 

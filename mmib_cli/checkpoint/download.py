@@ -1,0 +1,180 @@
+"""Hub downloads through `huggingface_hub.snapshot_download` (its cache layout, HF_HOME, HF_TOKEN, HF_ENDPOINT).
+
+`huggingface_hub` freezes `HF_ENDPOINT`, `HF_HUB_OFFLINE` and `HF_HOME` at import; this module reads them at call
+time instead, so a process (or a test) may change them after the import. Offline, nothing touches the network:
+the cache is looked up with `local_files_only=True`, which fails at once when the files are not there.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from mmib_cli import offline
+from mmib_cli.errors import CheckpointNotFound, HubAccessDenied, MMIBError, OfflineUnavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRANSPORT_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}  # network errors raised mid-download
+
+
+def hub_endpoint() -> str:
+    """The hub endpoint in use: `$HF_ENDPOINT` read now, else https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def default_cache_dir() -> Path:
+    """The hub cache directory read now: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def fetch_command(repo_id: str, revision: str | None = None, *, name: str | None = None) -> str:
+    """The command that downloads a model while online, for error messages.
+
+    Args:
+        repo_id: hub repo id.
+        revision: revision, appended as `@REV`.
+        name: the name the user typed (e.g. a registry name), used instead of `repo_id@revision`.
+
+    Returns:
+        e.g. "mmib download org/name@v1 --online".
+    """
+    target = name if name is not None else (f"{repo_id}@{revision}" if revision else repo_id)
+    return f"mmib download {target} --online"
+
+
+@contextlib.contextmanager
+def _hub_offline_flag(offline_mode: bool) -> Iterator[None]:
+    """Make `huggingface_hub.constants.HF_HUB_OFFLINE` agree with mmib's decision for the duration of a call."""
+    previous = offline.set_hub_offline_flag(offline_mode)
+    try:
+        yield
+    finally:
+        offline.set_hub_offline_flag(previous)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error or of one of its causes, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def download_checkpoint(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    force: bool = False,
+    online: bool | None = None,
+    name: str | None = None,
+) -> Path:
+    """Download (or find in the cache) a snapshot of a hub repo.
+
+    Args:
+        repo_id: "org/name".
+        revision: branch, tag or commit hash; None = "main".
+        cache_dir: hub cache directory; None = `default_cache_dir()` (honours HF_HUB_CACHE / HF_HOME).
+        token: access token; None = `$HF_TOKEN` or the saved login.
+        force: download again even if cached (needs the network).
+        online: True/False overrides `offline.is_offline()`; None follows it.
+        name: the name the user typed, used in suggested commands (default `repo_id[@revision]`).
+
+    Returns:
+        The snapshot directory (`<cache>/models--org--name/snapshots/<commit>`).
+
+    Raises:
+        OfflineUnavailable: offline and not cached (says which command fetches it).
+        CheckpointNotFound: no such repo or revision, or the hub is unreachable and nothing is cached.
+        HubAccessDenied: the hub answered 401/403 (private or gated repo, missing or bad token).
+    """
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    # RemoteEntryNotFoundError appeared in huggingface_hub 1.0; EntryNotFoundError before
+    remote_entry_missing = getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError)
+
+    from mmib_cli import __version__
+
+    is_offline = offline.is_offline() if online is None else not online
+    endpoint = hub_endpoint()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    label = f"{repo_id}@{revision}" if revision else repo_id
+    command = fetch_command(repo_id, revision, name=name)
+    if is_offline and force:
+        raise OfflineUnavailable(
+            f"cannot re-download {label} in offline mode; run `{command} --force` (or set MMIB_OFFLINE=0)"
+        )
+    access_hint = "pass --token TOKEN or set HF_TOKEN (or run `hf auth login`) with a token that can read it"
+    try:
+        with _hub_offline_flag(is_offline):
+            path = huggingface_hub.snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache,
+                token=token,
+                force_download=force,
+                local_files_only=is_offline,
+                endpoint=endpoint,
+                library_name="mmib",
+                library_version=__version__,
+            )
+    except hf_errors.RevisionNotFoundError as exc:
+        raise CheckpointNotFound(
+            f"revision {revision!r} not found in hub repo {repo_id} (endpoint {endpoint}); check the branch, tag or "
+            "commit"
+        ) from exc
+    except hf_errors.GatedRepoError as exc:
+        raise HubAccessDenied(f"hub repo {repo_id} is gated (endpoint {endpoint}): {access_hint}") from exc
+    except hf_errors.LocalEntryNotFoundError as exc:  # includes IncompleteSnapshotError
+        if is_offline:
+            raise OfflineUnavailable(
+                f"{label} is not in the local cache ({cache}) and mmib is offline; fetch it with `{command}` "
+                "(or set MMIB_OFFLINE=0)"
+            ) from exc
+        raise _map_http_error(exc, repo_id, label, endpoint, access_hint, cache) from exc
+    except remote_entry_missing as exc:
+        raise CheckpointNotFound(f"a file of {label} vanished from the hub (endpoint {endpoint}): {exc}") from exc
+    except (hf_errors.RepositoryNotFoundError, hf_errors.HfHubHTTPError) as exc:
+        raise _map_http_error(exc, repo_id, label, endpoint, access_hint, cache) from exc
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in _TRANSPORT_MODULES:
+            raise
+        raise CheckpointNotFound(f"could not download {label} from {endpoint}: {type(exc).__name__}: {exc}") from exc
+    logger.info("model %s available at %s", label, path)
+    return Path(path)
+
+
+def _map_http_error(
+    exc: BaseException, repo_id: str, label: str, endpoint: str, access_hint: str, cache: Path
+) -> MMIBError:
+    """Turn a hub error into the matching MMIBError by its HTTP status."""
+    status = _http_status(exc)
+    if status in (401, 403):
+        return HubAccessDenied(
+            f"the hub refused access to {repo_id} (HTTP {status}, endpoint {endpoint}): it is private or gated, or "
+            f"the token is wrong; {access_hint}"
+        )
+    if status == 404:
+        return CheckpointNotFound(f"no repo {repo_id} on the hub (endpoint {endpoint}); check the repo id")
+    reason = f"HTTP {status}" if status is not None else f"{type(exc.__cause__ or exc).__name__}"
+    return CheckpointNotFound(
+        f"could not reach the hub at {endpoint} for {label} ({reason}) and it is not in the cache ({cache}); "
+        "check the network, HF_ENDPOINT and proxy settings"
+    )

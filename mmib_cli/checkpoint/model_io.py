@@ -1,0 +1,138 @@
+"""Save and load an MMIBModel as a checkpoint directory (config.json + model.safetensors + README.md).
+
+Only what differs from the pinned base encoders is stored: every MMIB layer and head, the trainable part of the
+text encoder, and the image backbone unless its weights come from a verified base file. Loading rebuilds the
+base encoders from the specs in the config, then loads the stored tensors over them (safetensors only).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmib_cli import __version__
+from mmib_cli.encoders import ImageBackboneInfo, build_image_backbone, load_text_encoder
+from mmib_cli.errors import InvalidCheckpoint
+from mmib_cli.features import Featurizer
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TEXT_PREFIX = "text_encoder."
+IMAGE_PREFIX = "image_backbone."
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference or training, with what is needed to feed it."""
+
+    model: Any  # MMIBModel
+    featurizer: Featurizer
+    image_info: ImageBackboneInfo | None
+    directory: Path | None = None
+
+
+def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel:
+    """Build an MMIBModel with freshly loaded base encoders (used by training and by loading)."""
+    from mmib_cli.model import MMIBModel
+
+    text_encoder, tokenizer = load_text_encoder(config.text_encoder)
+    backbone, image_info = (None, None)
+    if load_image_backbone and config.use_image:
+        backbone, image_info = build_image_backbone(config.image_encoder)
+    apply_encoder_tuning(text_encoder, config.encoder_tuning)
+    model = MMIBModel(config, text_encoder, backbone)
+    featurizer = Featurizer(tokenizer, max_length=config.max_length, stride=config.stride)
+    return LoadedModel(model, featurizer, image_info)
+
+
+def apply_encoder_tuning(text_encoder: torch.nn.Module, tuning: str) -> None:
+    """Set `requires_grad` on the text encoder: `full`, `frozen`, or `top:N` (last N layers; embeddings frozen)."""
+    if tuning == "full":
+        return
+    for param in text_encoder.parameters():
+        param.requires_grad = False
+    if tuning == "frozen":
+        return
+    if tuning.startswith("top:"):
+        layers = _encoder_layers(text_encoder)
+        count = int(tuning.split(":", 1)[1])
+        if not 0 < count <= len(layers):
+            raise ValueError(f"encoder_tuning {tuning!r}: the text encoder has {len(layers)} layers")
+        for layer in layers[len(layers) - count:]:
+            for param in layer.parameters():
+                param.requires_grad = True
+        return
+    raise ValueError(f"unknown encoder_tuning {tuning!r}: use full, frozen or top:N")
+
+
+def _encoder_layers(text_encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    encoder = getattr(text_encoder, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ValueError("encoder_tuning top:N needs a BERT-style encoder with encoder.layer")
+    return list(layers)
+
+
+def stored_state_dict(model: torch.nn.Module, image_info: ImageBackboneInfo | None) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint must hold: everything except frozen pinned-base parameters and buffers."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    keep: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith(TEXT_PREFIX) and name not in trainable:
+            continue
+        if name.startswith(IMAGE_PREFIX) and image_info is not None and image_info.pinned and name not in trainable:
+            continue
+        keep[name] = tensor.detach().cpu().contiguous()
+    return keep
+
+
+def save_model(loaded: LoadedModel, directory: str | Path, *, dtype: torch.dtype | None = None,
+               card: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write `loaded.model` as a checkpoint directory; `dtype=torch.float16` halves the stored size."""
+    from mmib_cli.checkpoint.serialization import save_state
+
+    directory = Path(directory)
+    config = loaded.model.config.to_dict()
+    config.update(mmib_version=__version__, format_version=FORMAT_VERSION)
+    if extra:
+        config.update(extra)
+    save_state(directory, config, stored_state_dict(loaded.model, loaded.image_info), dtype=dtype, card=card)
+    return directory
+
+
+def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+               for_inference: bool = True) -> LoadedModel:
+    """Load a single-task checkpoint directory; returns the model in eval mode on `device`.
+
+    When the checkpoint was trained without images, the image backbone is not loaded at all for inference, so
+    no untrained visual tokens can reach the fusion (every post takes the learned no-image path).
+
+    Raises:
+        InvalidCheckpoint: tensors are missing or unexpected for the configured architecture.
+    """
+    from mmib_cli.checkpoint.serialization import load_state
+    from mmib_cli.model import MMIBConfig
+
+    directory = Path(directory)
+    raw_config, state = load_state(directory)
+    config = MMIBConfig.from_dict(raw_config)
+    with_images = config.trained_with_images or not for_inference
+    loaded = build_model(config, load_image_backbone=with_images)
+    result = loaded.model.load_state_dict(state, strict=False)
+    base_prefixes = (TEXT_PREFIX,) + ((IMAGE_PREFIX,) if loaded.image_info and loaded.image_info.pinned else ())
+    missing = [k for k in result.missing_keys if not k.startswith(base_prefixes)]
+    unexpected = [k for k in result.unexpected_keys if not (k.startswith(IMAGE_PREFIX) and not with_images)]
+    if missing or unexpected:
+        raise InvalidCheckpoint(
+            f"checkpoint {directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    loaded.model.to(device=device)
+    if dtype is not None and dtype != torch.float32:
+        loaded.model.to(dtype=dtype)
+    loaded.model.eval()
+    loaded.directory = directory
+    return loaded

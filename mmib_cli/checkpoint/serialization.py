@@ -1,0 +1,275 @@
+"""Checkpoint directories on disk: config.json + model.safetensors (+ README.md), bundles, file hashes.
+
+Generic: knows nothing about the model classes. Loading is safetensors-only; pickle files are refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmib_cli.checkpoint.verify import sha256_file
+from mmib_cli.errors import InvalidCheckpoint
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+BUNDLE_NAME = "bundle.json"
+BUNDLE_FORMAT = "mmib-bundle"
+BUNDLE_COMPONENTS = ("ner", "re")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
+    """Write through a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    _atomic_write(path, lambda handle: handle.write(text))
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+    name = aliases.get(str(dtype).lower(), str(dtype).lower())
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float16), got {dtype!r}")
+    return value
+
+
+def save_state(
+    directory: str | Path,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | str | None = None,
+    card: str | None = None,
+) -> None:
+    """Write a checkpoint directory: `config.json`, `model.safetensors` and optionally `README.md`.
+
+    Args:
+        directory: created if needed; existing files of the same names are replaced atomically.
+        config: JSON-serialisable configuration (written with indent 2, sorted keys).
+        state_dict: name → tensor; tensors are moved to CPU, made contiguous, and de-aliased (tied weights are
+            stored once per name).
+        dtype: cast floating tensors to this dtype (e.g. torch.float16) to halve the file; None keeps them.
+        card: model card text for README.md; None writes none.
+
+    Raises:
+        TypeError: config is not JSON-serialisable or a value is not a tensor.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = _resolve_dtype(dtype)
+    config_text = json.dumps(dict(config), indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # fail before writing
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict[{name!r}] is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().to("cpu")
+        if target is not None and tensor.is_floating_point():
+            tensor = tensor.to(target)
+        tensor = tensor.contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if key in seen and tensor.numel() > 0:
+            tensor = tensor.clone()  # safetensors refuses tensors sharing memory
+        seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+        tensors[name] = tensor
+    _atomic_write(directory / CONFIG_NAME, lambda handle: handle.write(config_text))
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if card is not None:
+        _atomic_write(directory / CARD_NAME, lambda handle: handle.write(card))
+    logger.debug("saved %d tensors to %s", len(tensors), directory)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """Read `config.json` of a checkpoint directory.
+
+    Args:
+        directory: the checkpoint directory.
+
+    Returns:
+        The config dict.
+
+    Raises:
+        InvalidCheckpoint: the file is missing or not a JSON object.
+    """
+    path = Path(directory) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidCheckpoint(f"{path} is missing: {directory} is not an mmib checkpoint directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidCheckpoint(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a checkpoint directory written by `save_state` (safetensors only, never pickle).
+
+    Args:
+        directory: the checkpoint directory.
+
+    Returns:
+        (config, state_dict) with tensors on CPU; floating tensors are returned as float32.
+
+    Raises:
+        InvalidCheckpoint: config.json or model.safetensors is missing or unreadable, or the directory only holds
+            pickle weights (pytorch_model.bin, *.pt), which mmib refuses to load.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidCheckpoint(f"checkpoint directory {directory} does not exist")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = sorted(p.name for p in directory.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise InvalidCheckpoint(
+                f"{directory} holds only pickle weights ({', '.join(pickles)}) and no {WEIGHTS_NAME}: mmib loads "
+                "safetensors only, because unpickling a file can run arbitrary code. Convert it where you trust the "
+                "file (torch.load, then mmib_cli.checkpoint.serialization.save_state) or use a safetensors checkpoint."
+            )
+        raise InvalidCheckpoint(f"{weights} is missing: {directory} is not a complete mmib checkpoint")
+    config = read_config(directory)
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InvalidCheckpoint(f"{weights} cannot be read as safetensors ({exc})") from None
+    state = {
+        name: tensor.to(torch.float32) if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+        for name, tensor in tensors.items()
+    }
+    return config, state
+
+
+def write_bundle(
+    directory: str | Path, components: Mapping[str, str | Path], *, card: str | None = None
+) -> None:
+    """Write an annotation bundle: `<directory>/<component>/` checkpoints plus `bundle.json` (and README.md).
+
+    Args:
+        directory: the bundle directory (created if needed).
+        components: component name ("ner", "re") → checkpoint directory; copied to `<directory>/<name>` unless it
+            already is that directory.
+        card: bundle model card text for README.md; None writes none.
+
+    Raises:
+        ValueError: an unknown component name or no component at all.
+        InvalidCheckpoint: a component directory does not exist.
+    """
+    directory = Path(directory)
+    unknown = sorted(set(components) - set(BUNDLE_COMPONENTS))
+    if unknown or not components:
+        raise ValueError(f"bundle components must be among {BUNDLE_COMPONENTS}, got {sorted(components)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, source in components.items():
+        source, target = Path(source), directory / name
+        if not source.is_dir():
+            raise InvalidCheckpoint(f"bundle component {name!r}: {source} is not a directory")
+        if source.resolve() != target.resolve():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target)
+    _write_json(directory / BUNDLE_NAME, {"format": BUNDLE_FORMAT, **{name: name for name in components}})
+    if card is not None:
+        _atomic_write(directory / CARD_NAME, lambda handle: handle.write(card))
+
+
+def read_bundle(directory: str | Path) -> dict[str, Path] | None:
+    """Read `bundle.json` of a bundle directory.
+
+    Args:
+        directory: a checkpoint or bundle directory.
+
+    Returns:
+        component name → sub-checkpoint directory, or None when `directory` is not a bundle (no bundle.json).
+
+    Raises:
+        InvalidCheckpoint: bundle.json is malformed or names a missing or escaping sub-directory.
+    """
+    directory = Path(directory)
+    path = directory / BUNDLE_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise InvalidCheckpoint(f"{path} must be a JSON object with \"format\": \"{BUNDLE_FORMAT}\"")
+    result: dict[str, Path] = {}
+    root = directory.resolve()
+    for name in BUNDLE_COMPONENTS:
+        if name not in data:
+            continue
+        sub = data[name]
+        target = (directory / sub).resolve() if isinstance(sub, str) and sub else None
+        if target is None or (root not in target.parents):
+            raise InvalidCheckpoint(f"{path}: {name!r} must name a sub-directory of the bundle, got {sub!r}")
+        if not target.is_dir():
+            raise InvalidCheckpoint(f"{path}: component {name!r} directory {directory / sub} is missing")
+        result[name] = directory / sub
+    if not result:
+        raise InvalidCheckpoint(f"{path} names no component (expected keys among {BUNDLE_COMPONENTS})")
+    return result
+
+
+def checkpoint_files(directory: str | Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint directory, for a registry entry's `files`.
+
+    Hidden files and directories (names starting with '.') are skipped.
+
+    Args:
+        directory: a checkpoint or bundle directory.
+
+    Returns:
+        relative '/'-separated path → sha256 hex, sorted by path.
+    """
+    directory = Path(directory)
+    found: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        found[rel.as_posix()] = sha256_file(path)
+    return found

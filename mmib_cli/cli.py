@@ -1,0 +1,204 @@
+"""The `mmib` command line: thin click commands over the library API (see the README for a reference)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from mmib_cli import __version__
+from mmib_cli.errors import ExitCode, MMIBError
+from mmib_cli.options import DEFAULT_MODEL, device_options, model_option, pipeline_options
+
+logger = logging.getLogger("mmib_cli")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="mmib")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--online/--offline", default=None,
+              help="Allow the Hugging Face hub (default offline unless MMIB_OFFLINE=0).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> None:
+    """Annotate social-media posts (text + photo) with entities and relations using MMIB."""
+    from mmib_cli.console import setup_logging
+    from mmib_cli.offline import configure_network
+
+    ctx.obj = {"online": configure_network(online)}
+    setup_logging(-1 if quiet else verbose)
+
+
+def _fail(exc: MMIBError) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(int(exc.exit_code))
+
+
+def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a library function; MMIBErrors become `Error: ...` on stderr plus their exit code."""
+    try:
+        return func(*args, **kwargs)
+    except MMIBError as exc:
+        _fail(exc)
+    except ValueError as exc:  # bad option values found by the library (device, shard, ...)
+        raise click.UsageError(str(exc)) from exc
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info(as_json: bool) -> None:
+    """Show versions, devices, where checkpoints are looked up and which embedded ones are present.
+
+    Example: mmib info --json
+    """
+    from mmib_cli.info import collect_info, render_info
+
+    facts = _run(collect_info)
+    click.echo(json.dumps(facts, indent=2) if as_json else render_info(facts))
+
+
+@cli.command()
+def models() -> None:
+    """List registry checkpoints and what is available locally.
+
+    Example: mmib models
+    """
+    from mmib_cli.info import list_models, render_models
+
+    click.echo(render_models(_run(list_models)))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--revision", default=None, help="Branch, tag or commit on the hub.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Hub cache directory.")
+@click.option("--token", default=None, envvar="HF_TOKEN", help="Hub access token (default: $HF_TOKEN).")
+@click.option("-F", "--force", is_flag=True, help="Download again even if cached.")
+@click.pass_obj
+def download(obj: dict, model: str, revision: str | None, cache_dir: str | None, token: str | None,
+             force: bool) -> None:
+    """Fetch a checkpoint (registry name or hub id ORG/NAME[@REV]) into the local cache.
+
+    Example: mmib --online download org/mmib-twitter@v1.0
+    """
+    from mmib_cli.checkpoint.resolve import fetch_model
+
+    resolved = _run(fetch_model, model, revision=revision, cache_dir=cache_dir, token=token, force=force,
+                    online=obj.get("online"))
+    click.echo(str(resolved.path))
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@pipeline_options
+@click.option("--relations/--no-relations", default=False, show_default=True,
+              help="Also classify relations between every ordered pair of found entities.")
+@click.pass_obj
+def annotate(obj: dict, input_path: str, **options: Any) -> None:
+    """Tag entities (and optionally relations) in a JSONL file of posts, one output line per input line.
+
+    Example: mmib annotate samples/posts.jsonl -o out.jsonl
+    (cat posts.jsonl | mmib annotate - -o - also works.)
+    """
+    _annotate_command(obj, input_path, task="annotate", options=options)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@pipeline_options
+@click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "
+              "(entities from the input, or found by NER when absent).")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Drop relations scored below this.")
+@click.option("--keep-none", is_flag=True, help="Keep pairs classified as None.")
+@click.option("--type-constraints/--no-type-constraints", default=True, show_default=True,
+              help="Allow only relations whose MNRE signature fits the entity types (/per/org/... for PER→ORG).")
+@click.pass_obj
+def relations(obj: dict, input_path: str, **options: Any) -> None:
+    """Classify relations between entity pairs of each post (given pairs, or all pairs with --pair).
+
+    Example: mmib relations samples/posts.jsonl --pair -o relations.jsonl
+    """
+    _annotate_command(obj, input_path, task="relations", options=options)
+
+
+def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
+    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+
+    opts = _run(PipelineOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
+    summary = _run(run_pipeline, opts)
+    sys.exit(int(summary.exit_code))
+
+
+@cli.command()
+@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
+@click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
+@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
+@click.option("--text-encoder", default="minilm-l6", show_default=True,
+              help="minilm-l6, a local HF directory or a hub id.")
+@click.option("--image-encoder", default="efficientnet-lite0", show_default=True,
+              help="efficientnet-lite0, resnet50[:WEIGHTS], tiny-cnn or none.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--config", "config_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a model/training setting, e.g. --config beta_ar=0.1 (repeatable).")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the text encoder.")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the MMIB layers.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.06, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=3, show_default=True,
+              help="Stop after this many epochs without a better valid F1.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-train", type=click.IntRange(1), default=None, help="Use only the first N training examples.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/last/ if present.")
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
+@device_options
+@click.pass_obj
+def train(obj: dict, task: str, **options: Any) -> None:
+    """Train an MMIB checkpoint for NER or RE, selecting the best epoch on the valid split.
+
+    Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17
+    """
+    from mmib_cli.train import TrainOptions, train as run_training
+
+    opts = _run(TrainOptions.from_cli, task=task, **options)
+    result = _run(run_training, opts)
+    click.echo(json.dumps(result.summary(), indent=2))
+
+
+@cli.command(name="eval")
+@click.argument("task", type=click.Choice(["ner", "re"]))
+@model_option
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
+@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
+@click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@device_options
+@click.pass_obj
+def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, output_json: str | None,
+             batch_size: int, device: str, dtype: str) -> None:
+    """Score a checkpoint on a labelled file: entity P/R/F1 (NER) or micro P/R/F1 without None (RE).
+
+    Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
+    """
+    from mmib_cli.evaluate import evaluate_file, render_metrics
+
+    metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
+                   device=device, dtype=dtype, online=obj.get("online"))
+    render_metrics(metrics)
+    if output_json:
+        with open(output_json, "w", encoding="utf-8") as fh:
+            json.dump(metrics, fh, indent=2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mmib")
+
+
+__all__ = ["cli", "main", "DEFAULT_MODEL", "ExitCode"]

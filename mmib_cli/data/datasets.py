@@ -1,0 +1,102 @@
+"""Labelled examples → featurised windows (+ image paths), and the torch Dataset/collate used by training."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from mmib_cli.features import Featurizer, Window
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Examples:
+    """Featurised examples of one split: windows, per-window image path (or None), and gold labels per post."""
+
+    task: str
+    windows: list[Window]  # NER: all windows of all posts (window.post = post index); RE: one per instance
+    windows_per_post: list[list[Window]]
+    image_paths: list[Path | None]  # per post
+    gold: list[Any]  # NER: tag lists; RE: relation strings
+
+    @property
+    def images_found(self) -> int:
+        return sum(p is not None for p in self.image_paths)
+
+
+def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer, labels: list[str], *,
+                  images: str | Path | None = None, limit: int | None = None) -> Examples:
+    """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`."""
+    label_id = {label: i for i, label in enumerate(labels)}
+    if task == "ner":
+        from mmib_cli.data.conll import image_path, read_conll
+
+        sentences = [s for f in files for s in read_conll(f)][:limit]
+        windows_per_post = featurizer.encode_ner([s.words for s in sentences],
+                                                 [[label_id[t] for t in s.tags] for s in sentences])
+        paths = [image_path(s, images) if images else None for s in sentences]
+        gold: list[Any] = [s.tags for s in sentences]
+    else:
+        from mmib_cli.data.mnre import image_path, read_mnre
+
+        instances = [x for f in files for x in read_mnre(f)][:limit]
+        windows = featurizer.encode_re_batch([(x.words, x.head, x.tail) for x in instances],
+                                             [label_id[x.relation] for x in instances])
+        windows_per_post = [[w] for w in windows]
+        paths = [image_path(x, images) if images else None for x in instances]
+        gold = [x.relation for x in instances]
+    flat = [w for ws in windows_per_post for w in ws]
+    examples = Examples(task, flat, windows_per_post, paths, gold)
+    if images:
+        logger.info("%s: %d/%d posts have an image in %s", ", ".join(map(str, files)), examples.images_found,
+                    len(paths), images)
+    return examples
+
+
+class WindowDataset(Dataset):
+    """Training rows: a window plus its decoded image (decoded in DataLoader workers)."""
+
+    def __init__(self, examples: Examples, image_info: Any | None) -> None:
+        self.examples = examples
+        self.image_info = image_info
+
+    def __len__(self) -> int:
+        return len(self.examples.windows)
+
+    def __getitem__(self, i: int) -> tuple[Window, torch.Tensor | None]:
+        window = self.examples.windows[i]
+        path = self.examples.image_paths[window.post]
+        if path is None or self.image_info is None:
+            return window, None
+        from mmib_cli.io.images import load_image
+
+        try:
+            pixels = load_image(path, image_size=self.image_info.image_size, mean=self.image_info.mean,
+                                std=self.image_info.std)
+        except Exception as exc:  # unreadable training image: train that row text-only
+            logger.debug("image %s unusable: %s", path, exc)
+            return window, None
+        return window, pixels
+
+
+def make_collate(featurizer: Featurizer, task: str, image_size: int | None):
+    """Collate function for WindowDataset rows: padded text tensors + pixel_values/image_present."""
+
+    def collate(rows: list[tuple[Window, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+        batch = featurizer.collate([w for w, _ in rows], task)
+        if image_size is not None and any(p is not None for _, p in rows):
+            pixels = torch.zeros((len(rows), 3, image_size, image_size))
+            present = torch.zeros(len(rows), dtype=torch.bool)
+            for i, (_, p) in enumerate(rows):
+                if p is not None:
+                    pixels[i] = p
+                    present[i] = True
+            batch.update(pixel_values=pixels, image_present=present)
+        return batch
+
+    return collate

@@ -1,0 +1,85 @@
+"""Evaluation: entity-level P/R/F1 for NER (seqeval, CoNLL convention) and micro P/R/F1 without None for RE."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmib_cli.data.datasets import Examples, read_examples
+from mmib_cli.inference import predict_ner, predict_re
+
+logger = logging.getLogger(__name__)
+
+
+def _load_pixels(examples: Examples, image_info: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if image_info is None or examples.images_found == 0:
+        return None, None
+    from mmib_cli.io.images import load_image
+
+    pixels = torch.zeros((len(examples.image_paths), 3, image_info.image_size, image_info.image_size))
+    present = torch.zeros(len(examples.image_paths), dtype=torch.bool)
+    for i, path in enumerate(examples.image_paths):
+        if path is None:
+            continue
+        try:
+            pixels[i] = load_image(path, image_size=image_info.image_size, mean=image_info.mean, std=image_info.std)
+            present[i] = True
+        except Exception as exc:  # evaluation keeps going text-only for that post
+            logger.debug("image %s unusable: %s", path, exc)
+    return pixels, present
+
+
+def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32) -> dict[str, Any]:
+    """Predict every example with `loaded` and score against the gold labels."""
+    from mmib_cli.metrics import ner_scores, re_scores
+
+    pixels, present = _load_pixels(examples, loaded.image_info)
+    if examples.task == "ner":
+        preds = predict_ner(loaded, examples.windows_per_post, batch_size=batch_size, pixel_values=pixels,
+                            image_present=present)
+        metrics = ner_scores(examples.gold, [p.tags for p in preds])
+    else:
+        probs = predict_re(loaded, examples.windows, batch_size=batch_size, pixel_values=pixels,
+                           image_present=present)
+        labels = loaded.model.config.labels
+        metrics = re_scores(examples.gold, [labels[i] for i in probs.argmax(dim=-1).tolist()])
+    metrics["images_used"] = int(present.sum()) if present is not None else 0
+    metrics["examples"] = len(examples.gold)
+    return metrics
+
+
+def evaluate_file(task: str, *, model: str, data: str | Path, images: str | Path | None = None,
+                  batch_size: int = 32, device: str = "auto", dtype: str = "auto",
+                  online: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint (any `--model` form) and score it on a CoNLL (ner) or MNRE (re) file."""
+    from mmib_cli.annotate import load_components
+    from mmib_cli.errors import InvalidCheckpoint
+
+    components = load_components(model, device=device, dtype=dtype, online=online)
+    loaded = components.get(task)
+    if loaded is None:
+        raise InvalidCheckpoint(f"checkpoint {model!r} has no {task} model")
+    examples = read_examples(task, [data], loaded.featurizer, loaded.model.config.labels, images=images)
+    metrics = score_examples(loaded, examples, batch_size=batch_size)
+    metrics.update(task=task, model=model, data=str(data))
+    return metrics
+
+
+def render_metrics(metrics: dict[str, Any]) -> None:
+    """Print a rich table of the metrics to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics.get('task', '').upper()} {metrics.get('data', '')}")
+    for column in ("", "P", "R", "F1", "support"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row("micro", *(f"{metrics[k]:.2f}" for k in ("precision", "recall", "f1")),
+                  str(metrics.get("support", "")))
+    for name, row in sorted(metrics.get("per_type", {}).items()):
+        table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", f"{row['f1']:.2f}",
+                      str(row.get("support", "")))
+    Console().print(table)
+    if "accuracy" in metrics:
+        Console().print(f"accuracy {metrics['accuracy']:.2f}")

@@ -1,0 +1,245 @@
+"""Safe image loading: size limit, EXIF orientation, any colour mode to RGB, resize/crop/normalise to a tensor.
+
+Failures raise ``ImageError`` (an ``InvalidInput``) whose ``error_type`` is ``ImageNotFound``, ``ImageUnreadable``
+or ``DecompressionBomb``; the annotator turns them into error records or drops the image, as configured.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmib_cli.io.records import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageError",
+    "load_image",
+    "open_rgb",
+    "preprocess_image",
+    "resize_size",
+    "resolve_image_path",
+    "to_rgb",
+]
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Largest accepted image (width x height), Pillow's default ``MAX_IMAGE_PIXELS``."""
+
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WHITE = (255, 255, 255, 255)
+
+
+class ImageError(InputError):
+    """An image cannot be used; ``error_type`` is ``ImageNotFound``, ``ImageUnreadable`` or ``DecompressionBomb``.
+
+    Args:
+        message: what failed, naming the file.
+        error_type: the error kind written to the error record.
+    """
+
+    def __init__(self, message: str, *, error_type: str = "ImageUnreadable") -> None:
+        super().__init__(message, error_type=error_type)
+
+
+def resolve_image_path(image: str, *, base_dir: Path, image_root: Path | None = None) -> Path:
+    """Turn an input record's image field into a path (existence is checked by ``load_image``).
+
+    Args:
+        image: the path as written in the input (``~`` is expanded).
+        base_dir: folder of the input file (the current directory for stdin).
+        image_root: folder that relative paths are resolved against instead of ``base_dir``.
+
+    Returns:
+        ``image`` itself when absolute, else joined to ``image_root`` (if given) or ``base_dir``.
+
+    Raises:
+        ImageError: (``ImageNotFound``) the value is a URL: only local files are read.
+    """
+    if _URL_RE.match(image):
+        raise ImageError(
+            f"image {image!r} is a URL; mmib reads local files only: download it and give its path",
+            error_type="ImageNotFound",
+        )
+    path = Path(image).expanduser()
+    if path.is_absolute():
+        return path
+    return Path(image_root if image_root is not None else base_dir) / path
+
+
+def resize_size(image_size: int) -> int:
+    """Shorter side before the centre crop: ``round(image_size * 256 / 224)`` (256 for 224)."""
+    return int(round(image_size * 256 / 224))
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, path: Path) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image {path} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(a possible decompression bomb); resize it or raise max_pixels",
+            error_type="DecompressionBomb",
+        )
+
+
+def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Open an image safely and return it upright (EXIF orientation applied) in RGB mode.
+
+    The pixel limit is checked on the header before any decoding. Pillow's own decompression-bomb warning and error
+    (global ``Image.MAX_IMAGE_PIXELS``) are treated as errors too, so the effective limit is the smaller of both.
+
+    Args:
+        path: image file.
+        max_pixels: largest accepted width x height.
+        draft_size: if given, JPEGs may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
+            this many pixels (much faster for large photos).
+
+    Returns:
+        A loaded RGB image (alpha composited on white).
+
+    Raises:
+        ImageError: ``ImageNotFound`` (no such file), ``DecompressionBomb`` (too many pixels) or
+            ``ImageUnreadable`` (not an image, truncated, corrupt, unsupported mode).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(im.size, max_pixels, path)
+                if draft_size and im.format == "JPEG":
+                    im.draft("RGB", (draft_size, draft_size))
+                im.load()
+                return to_rgb(_upright(im, path))
+    except ImageError:
+        raise
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ImageError(
+            f"image not found: {path} (relative image paths resolve against the image root, by default the input "
+            "file's folder)",
+            error_type="ImageNotFound",
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image {path} is too large: {exc}", error_type="DecompressionBomb") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path} is not an image in a format Pillow can read") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"image path {path} is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"image {path} cannot be read: permission denied") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted data is a per-record error
+        raise ImageError(
+            f"image {path} cannot be decoded, it may be truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _upright(im: Image.Image, path: Path) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored (the pixels are still usable)."""
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except Exception as exc:  # noqa: BLE001 - malformed metadata must not reject a decodable picture
+        logger.debug("ignoring unreadable EXIF orientation of %s: %s", path, exc)
+        return im
+    return upright if upright is not None else im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB.
+
+    Transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) is composited on white; 16-bit and
+    32-bit integer grayscale (``I;16*``, ``I``) is scaled from 0..65535 to 0..255; float (``F``) from 0..1 when its
+    values lie there, else clipped to 0..255; CMYK, YCbCr, palette, 1-bit and others use Pillow's conversion.
+
+    Args:
+        im: an image in any mode.
+
+    Returns:
+        An RGB image (``im`` itself when it is already RGB without transparency).
+
+    Raises:
+        ValueError: Pillow cannot convert the mode.
+    """
+    mode = im.mode
+    if mode in _ALPHA_MODES or (mode in ("P", "RGB", "L", "1") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if mode == "RGB":
+        return im
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
+            arr = np.clip(arr, 0, 65535) / 257.0
+        elif mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+def preprocess_image(
+    im: Image.Image, *, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Resize the shorter side to ``resize_size(image_size)``, centre-crop a square, normalise.
+
+    The crop box is mapped back to the source image and resized in one antialiased bilinear step, which equals
+    resize-then-crop without ever materialising the full resized image (safe for very elongated images).
+
+    Args:
+        im: an RGB image.
+        image_size: side ``S`` of the output square.
+        mean: per-channel mean (3 values, 0..1 scale).
+        std: per-channel standard deviation (3 values).
+
+    Returns:
+        ``(3, S, S)`` float32 tensor.
+    """
+    if im.mode != "RGB":
+        im = to_rgb(im)
+    width, height = im.size
+    scale = resize_size(image_size) / min(width, height)
+    side = image_size / scale  # the crop's side in source pixels
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    square = im.resize(
+        (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+    )
+    tensor = TF.to_dtype(TF.pil_to_tensor(square), torch.float32, scale=True)
+    return TF.normalize(tensor, mean=[float(m) for m in mean], std=[float(s) for s in std]).contiguous()
+
+
+def load_image(
+    path: Path | str,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Load an image file as a normalised ``(3, S, S)`` tensor (see ``open_rgb`` and ``preprocess_image``).
+
+    Args:
+        path: image file.
+        image_size: side ``S`` of the output square (pixels).
+        mean: per-channel mean (0..1 scale).
+        std: per-channel standard deviation.
+        max_pixels: largest accepted width x height.
+
+    Returns:
+        ``(3, S, S)`` float32 tensor.
+
+    Raises:
+        ImageError: ``ImageNotFound``, ``ImageUnreadable`` or ``DecompressionBomb``.
+    """
+    im = open_rgb(path, max_pixels=max_pixels, draft_size=resize_size(image_size))
+    try:
+        return preprocess_image(im, image_size=image_size, mean=mean, std=std)
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"image {path} cannot be resized ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,374 @@
+"""Streaming JSONL input (line-numbered, bad lines become error records) and atomic, resumable JSONL output.
+
+Output lines are compact JSON (``ensure_ascii=False``, keys in insertion order), one ``write`` of ``json + "\\n"``
+each, so an output file never holds half a record except after a hard kill, and that cut last line is repaired by
+``--resume``. Every output record carries ``"line"`` (the 1-based input line), which is how ``--resume`` knows which
+input lines are done.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Union
+
+import jsonlines
+
+from mmib_cli.errors import MMIBError, OutputExists
+from mmib_cli.io.records import ErrorRecord, PostId
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "AtomicJSONLWriter", "dumps_line", "partial_path", "read_lines"]
+
+DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+"""Longest input line read into memory (bytes); longer lines become ``InvalidInput`` error records."""
+
+_CHUNK = 1 << 20
+_EXCERPT = 60
+
+Source = Union[Path, str, IO[bytes], IO[str]]
+
+
+def _excerpt(line: bytes | str) -> str:
+    text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+    text = text.strip()
+    return repr(text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "...")
+
+
+def _physical_lines(stream: IO[Any], max_bytes: int | None) -> Iterator[tuple[int, bytes | str | None]]:
+    """Yield ``(line_number, line)`` for every physical line; ``None`` for a line longer than ``max_bytes``.
+
+    An over-long line is skipped in chunks, so memory stays bounded by ``max_bytes``.
+    """
+    number = 0
+    while True:
+        line = stream.readline() if max_bytes is None else stream.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        newline = b"\n" if isinstance(line, bytes) else "\n"
+        if max_bytes is not None and len(line) > max_bytes and not line.endswith(newline):
+            while True:  # discard the rest of the over-long line
+                rest = stream.readline(_CHUNK)
+                if not rest or rest.endswith(newline):
+                    break
+            yield number, None
+            continue
+        yield number, line
+
+
+def _open_source(source: Source) -> tuple[IO[Any], bool]:
+    """Return ``(stream, owned)``; ``owned`` streams are closed by the reader."""
+    if isinstance(source, (str, os.PathLike)):
+        if str(source) == "-":
+            return getattr(sys.stdin, "buffer", sys.stdin), False
+        return open(source, "rb"), True  # noqa: SIM115 - closed by read_lines
+    return source, False
+
+
+def read_lines(
+    source: Source,
+    *,
+    max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[int, dict[str, Any] | ErrorRecord]]:
+    """Stream a JSONL file as ``(line_number, object)`` pairs; bad lines become ``ErrorRecord``s, never exceptions.
+
+    Blank lines are skipped, but numbers are always physical 1-based line numbers. A UTF-8 BOM is ignored.
+    Memory is bounded by the longest accepted line.
+
+    Args:
+        source: a path, ``"-"`` for stdin, or an open (binary or text) stream, which is left open.
+        max_line_bytes: longest line read; a longer one becomes an ``InvalidInput`` error record (None: no limit).
+
+    Yields:
+        ``(line, dict)`` for each JSON object; ``(line, ErrorRecord)`` with type ``InvalidJSON`` for malformed JSON
+        or invalid UTF-8, ``InvalidInput`` for a JSON value that is not an object or a line that is too long.
+
+    Raises:
+        OSError: the source path cannot be opened (raised on the first ``next``).
+    """
+    stream, owned = _open_source(source)
+    try:
+        for number, line in _physical_lines(stream, max_line_bytes):
+            if line is None:
+                yield number, ErrorRecord(
+                    number, number, "InvalidInput", f"line {number}: longer than {max_line_bytes} bytes; skipped"
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = jsonlines.Reader((line,)).read(allow_none=True)
+            except jsonlines.InvalidLineError as exc:
+                message = str(exc).split(" (line ")[0]  # drop jsonlines' own (always 1) line suffix
+                message = message.removeprefix("line contains ").removeprefix("line is ")
+                yield number, ErrorRecord(number, number, "InvalidJSON", f"line {number}: {message}: {_excerpt(line)}")
+                continue
+            if not isinstance(value, dict):
+                kind = "null" if value is None else type(value).__name__
+                yield number, ErrorRecord(
+                    number, number, "InvalidInput",
+                    f"line {number}: expected a JSON object, got {kind}: {_excerpt(line)}",
+                )
+                continue
+            yield number, value
+    finally:
+        if owned:
+            stream.close()
+
+
+def dumps_line(record: Mapping[str, Any] | ErrorRecord) -> bytes:
+    """Encode one record as a compact UTF-8 JSON line ending in ``\\n`` (deterministic, insertion key order).
+
+    Strings that cannot be encoded as UTF-8 (lone surrogates from ``\\ud800`` escapes in the input) are written
+    with ASCII escapes instead, so the line stays valid JSON.
+
+    Args:
+        record: a JSON-serialisable mapping or an ``ErrorRecord``.
+
+    Returns:
+        The encoded line.
+
+    Raises:
+        ValueError: the record holds NaN/Infinity. TypeError: it holds a non-JSON value.
+    """
+    obj = record.to_json() if isinstance(record, ErrorRecord) else record
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
+
+
+def partial_path(path: Path) -> Path:
+    """The in-progress file of an output: ``PATH.partial`` next to it."""
+    return path.with_name(path.name + ".partial")
+
+
+def _load_done(partial: Path) -> dict[int, PostId]:
+    """Read an existing partial output: repair a cut last line, return ``{line: id}`` of the complete records.
+
+    Raises:
+        OutputExists: a complete line in the middle is not JSON or lacks ``"line"``.
+    """
+    done: dict[int, PostId] = {}
+    keep = 0  # byte length of the valid prefix
+    bad: tuple[int, str] | None = None
+    with open(partial, "rb") as f:
+        for number, raw in enumerate(iter(f.readline, b""), start=1):
+            if not raw.endswith(b"\n"):
+                logger.warning("%s: dropping a cut last line (%d bytes) before resuming", partial, len(raw))
+                break
+            try:
+                obj = json.loads(raw)
+                line = obj["line"]
+                if not isinstance(line, int) or isinstance(line, bool):
+                    raise TypeError(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                bad = (number, f"{type(exc).__name__}: {exc}")
+                continue
+            if bad is not None:
+                raise OutputExists(
+                    f"cannot resume {partial}: output line {bad[0]} is not an mmib record ({bad[1]}); "
+                    "pass --force to start over"
+                )
+            done[line] = obj.get("id", line)
+            keep = f.tell()
+    if bad is not None:
+        logger.warning("%s: dropping unreadable trailing line(s) from line %d before resuming", partial, bad[0])
+    if keep != partial.stat().st_size:
+        with open(partial, "r+b") as f:
+            f.truncate(keep)
+    return done
+
+
+class AtomicJSONLWriter:
+    """Write JSONL output atomically: to ``PATH.partial``, renamed to ``PATH`` on a successful ``close()``.
+
+    Use as a context manager: a normal exit closes (renames), an exception (``KeyboardInterrupt`` included)
+    aborts, keeping the ``.partial`` of complete lines for ``--resume``. ``"-"`` writes to stdout directly.
+
+    Args:
+        path: output file, or ``"-"`` for stdout.
+        force: overwrite an existing output (the old file stays until the new one is complete).
+        resume: continue ``PATH.partial`` (or a finished ``PATH``): its cut last line is dropped, its records'
+            ``(line, id)`` pairs are in ``done_lines``, new records are appended.
+
+    Raises:
+        OutputExists: ``PATH`` or a non-empty ``PATH.partial`` exists and neither ``force`` nor ``resume`` is set,
+            or a resumed file is not mmib output.
+        ValueError: both ``force`` and ``resume``.
+    """
+
+    def __init__(self, path: Path | str, *, force: bool = False, resume: bool = False) -> None:
+        if force and resume:
+            raise ValueError("force and resume are mutually exclusive")
+        self.path: Path | None = None if str(path) == "-" else Path(path)
+        self._file: BinaryIO | None = None
+        self._closed = False
+        self._written = 0
+        self._done: dict[int, PostId] = {}
+        self._append = False
+        if self.path is None:
+            if resume:
+                logger.warning("--resume has no effect when writing to stdout")
+            return
+        partial = partial_path(self.path)
+        if resume:
+            if not partial.exists() and self.path.exists():
+                logger.info("resuming from the finished output %s", self.path)
+                os.replace(self.path, partial)
+            if partial.exists():
+                self._done = _load_done(partial)
+                self._append = True
+                logger.info("resuming %s: %d records already written", partial, len(self._done))
+            return
+        if force:
+            return
+        if self.path.exists():
+            raise OutputExists(
+                f"output {self.path} already exists: pass --force to overwrite it or --resume to continue it"
+            )
+        if partial.exists() and partial.stat().st_size > 0:
+            raise OutputExists(
+                f"{partial} is left from an interrupted run: pass --resume to continue it or --force to start over"
+            )
+
+    @property
+    def partial_path(self) -> Path | None:
+        """``PATH.partial`` (None for stdout)."""
+        return None if self.path is None else partial_path(self.path)
+
+    @property
+    def done_lines(self) -> frozenset[tuple[int, PostId]]:
+        """``(line, id)`` of every record already in the resumed output (empty unless ``resume``)."""
+        return frozenset(self._done.items())
+
+    def is_done(self, line: int, id: PostId | None = None) -> bool:
+        """Whether input ``line`` was already written by the resumed run.
+
+        Args:
+            line: 1-based input line number.
+            id: the record's id, checked against the one written, when given.
+
+        Returns:
+            True when the line can be skipped.
+
+        Raises:
+            OutputExists: the line was written for another id (the input changed since the interrupted run).
+        """
+        if line not in self._done:
+            return False
+        if id is not None and self._done[line] != id:
+            raise OutputExists(
+                f"cannot resume: input line {line} has id {id!r} but the partial output wrote id "
+                f"{self._done[line]!r} for it (the input changed); pass --force to start over"
+            )
+        return True
+
+    @property
+    def records_written(self) -> int:
+        """Number of records written by this writer (not counting resumed ones)."""
+        return self._written
+
+    def open(self) -> AtomicJSONLWriter:
+        """Open the output (done by ``__enter__`` or the first ``write``).
+
+        Raises:
+            MMIBError: the output cannot be created.
+        """
+        if self._closed:
+            raise ValueError("writer is closed")
+        if self._file is not None:
+            return self
+        if self.path is None:
+            self._file = getattr(sys.stdout, "buffer", None) or _TextToBinary(sys.stdout)
+            return self
+        target = partial_path(self.path)
+        try:
+            self._file = open(target, "ab" if self._append else "wb")  # noqa: SIM115 - closed in close()/abort()
+        except OSError as exc:
+            raise MMIBError(f"cannot write output {target}: {exc.strerror or exc}") from exc
+        return self
+
+    def write(self, record: Mapping[str, Any] | ErrorRecord) -> None:
+        """Write one record as one line, in a single ``write`` call.
+
+        Args:
+            record: an output dict (should carry ``"line"``) or an ``ErrorRecord``.
+        """
+        data = dumps_line(record)
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        self._file.write(data)
+        self._written += 1
+
+    def flush(self) -> None:
+        """Push written lines to the OS (complete lines only)."""
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Finish: flush, fsync and rename ``PATH.partial`` to ``PATH`` (stdout: flush only). Idempotent."""
+        if self._closed:
+            return
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        self._closed = True
+        self._file.flush()
+        if self.path is None:
+            return
+        try:
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+        os.replace(partial_path(self.path), self.path)
+        logger.debug("wrote %s (%d new records)", self.path, self._written)
+
+    def abort(self) -> None:
+        """Stop without finishing: flush complete lines and keep ``PATH.partial`` for ``--resume``. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        finally:
+            if self.path is not None:
+                self._file.close()
+                logger.warning("interrupted: kept %s for --resume", partial_path(self.path))
+
+    def __enter__(self) -> AtomicJSONLWriter:
+        return self.open()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _TextToBinary(io.RawIOBase):
+    """Minimal binary view of a text stream without ``.buffer`` (e.g. a replaced ``sys.stdout``)."""
+
+    def __init__(self, text_stream: IO[str]) -> None:
+        super().__init__()
+        self._text = text_stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._text.write(bytes(data).decode("utf-8"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()

@@ -1,0 +1,54 @@
+"""Click options shared by several commands, defined once so they are spelled and documented the same."""
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+F = Callable[..., object]
+
+DEFAULT_MODEL = "mmib-default"
+
+
+def model_option(func: F) -> F:
+    return click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+                        help="Registry name, local checkpoint directory, or hub id ORG/NAME[@REVISION].")(func)
+
+
+def device_options(func: F) -> F:
+    func = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+                        show_default=True, help="Compute dtype; auto = half precision on CUDA, float32 otherwise.")(func)
+    func = click.option("-d", "--device", default="auto", show_default=True,
+                        help="auto, cpu, cuda, cuda:N or mps.")(func)
+    return func
+
+
+def pipeline_options(func: F) -> F:
+    """Options of the streaming annotation commands (annotate, relations)."""
+    opts = [
+        click.option("-o", "--output", required=True, help="Output JSONL file, or - for stdout."),
+        model_option,
+        click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+                     help="Posts per model batch."),
+        click.option("--max-tokens", type=click.IntRange(16), default=8192, show_default=True,
+                     help="Upper bound on padded sub-word pieces per batch."),
+        click.option("--num-workers", type=click.IntRange(0), default=None,
+                     help="Worker processes for tokenising and image decoding (default: 1 on CPU, 2 on GPU)."),
+        click.option("--on-missing-image", type=click.Choice(["text-only", "error", "skip"]), default="text-only",
+                     show_default=True, help="What to do when a post's image is missing or unreadable."),
+        click.option("--image-root", type=click.Path(file_okay=False, path_type=str), default=None,
+                     help="Directory that relative image paths resolve against (default: the input file's)."),
+        click.option("--id-field", default="id", show_default=True, help="Input field holding the post id."),
+        click.option("--text-field", default="text", show_default=True, help="Input field holding the text."),
+        click.option("--image-field", default="image", show_default=True, help="Input field holding the image path."),
+        click.option("--limit", type=click.IntRange(1), default=None, help="Stop after N input lines."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Process only lines whose number modulo N equals I-1 (1 <= I <= N)."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run: skip lines already written."),
+        click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file."),
+        click.option("--progress/--no-progress", default=True, show_default=True,
+                     help="Progress bar on a terminal (plain periodic log lines otherwise)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return device_options(func)

@@ -1,0 +1,232 @@
+"""Training: seeded AdamW + linear warm-up loop, valid-split model selection, early stopping, resumable."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
+from mmib_cli.console import Progress
+from mmib_cli.data.datasets import WindowDataset, make_collate, read_examples
+from mmib_cli.device import resolve_device
+from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
+from mmib_cli.evaluate import score_examples
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Everything `mmib train` takes (see its --help); `config` holds MMIBConfig overrides."""
+
+    task: str
+    train_files: list[str]
+    valid_files: list[str]
+    output: str
+    images: str | None = None
+    text_encoder: str = "minilm-l6"
+    image_encoder: str = "efficientnet-lite0"
+    config: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    patience: int = 3
+    seed: int = 0
+    max_train: int | None = None
+    resume: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    save_dtype: str = "float16"
+
+    @classmethod
+    def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":
+        overrides: dict[str, Any] = {}
+        for item in config_overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+            try:
+                overrides[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[key.strip()] = value
+        options["train_files"] = list(options["train_files"])
+        options["valid_files"] = list(options["valid_files"])
+        return cls(config=overrides, **options)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a run: the best valid metrics, the epoch they came from, and where the checkpoint is."""
+
+    output: Path
+    best_epoch: int
+    best_valid: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"output": str(self.output), "best_epoch": self.best_epoch,
+                "best_valid_f1": self.best_valid.get("f1"), "seconds": round(self.seconds, 1),
+                "epochs_run": len(self.history)}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def make_config(opts: TrainOptions, *, images_found: bool):
+    """MMIBConfig for a new run: task defaults, encoder specs and sizes, then the user's overrides."""
+    from transformers import AutoConfig
+
+    from mmib_cli.model import MMIBConfig
+
+    text_spec = parse_text_encoder(opts.text_encoder)
+    image_spec = parse_image_encoder(opts.image_encoder)
+    location, kwargs = text_encoder_location(text_spec)
+    hidden = AutoConfig.from_pretrained(location, **kwargs).hidden_size
+    _, info = build_image_backbone(image_spec) if image_spec["source"] != "none" else (None, None)
+    values: dict[str, Any] = dict(task=opts.task, hidden_size=hidden,
+                                  image_feature_dim=info.feature_dim if info else 1,
+                                  use_image=info is not None, trained_with_images=bool(images_found and info),
+                                  text_encoder=text_spec, image_encoder=image_spec)
+    values.update(opts.config)
+    return MMIBConfig(**values)
+
+
+def _optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_encoder = name.startswith("text_encoder.")
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "norm" in name.lower()
+        groups.setdefault((is_encoder, no_decay), []).append(param)
+    return torch.optim.AdamW([
+        {"params": params, "lr": opts.lr if enc else opts.head_lr,
+         "weight_decay": 0.0 if no_decay else opts.weight_decay}
+        for (enc, no_decay), params in groups.items()
+    ])
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    """Train one task; the best epoch on the valid split is saved to `opts.output` (never selected on test)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    start = time.perf_counter()
+    out = Path(opts.output)
+    last_dir = out / "last"
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    resuming = opts.resume and (last_dir / "config.json").is_file()
+    if resuming:
+        loaded = load_model(last_dir, device="cpu", for_inference=False)
+        loaded.model.train()
+    else:
+        image_spec = parse_image_encoder(opts.image_encoder)
+        images_found = bool(opts.images and any(Path(opts.images).iterdir()))
+        config = make_config(opts, images_found=images_found and image_spec["source"] != "none")
+        loaded = build_model(config, load_image_backbone=config.trained_with_images)
+    model = loaded.model
+    labels = model.config.labels
+    train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
+                              limit=opts.max_train)
+    valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
+    logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
+                len(train_set.gold), len(valid_set.gold), train_set.images_found)
+    image_info = loaded.image_info if model.config.trained_with_images else None
+    generator = torch.Generator().manual_seed(opts.seed)
+    loader = DataLoader(WindowDataset(train_set, image_info), batch_size=opts.batch_size, shuffle=True,
+                        generator=generator, num_workers=opts.num_workers,
+                        collate_fn=make_collate(loaded.featurizer, opts.task,
+                                                image_info.image_size if image_info else None))
+    model.to(device)
+    optimizer = _optimizer(model, opts)
+    steps = max(1, opts.epochs * len(loader) // opts.grad_accum)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(opts.warmup_ratio * steps), steps)
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "history": [], "bad_epochs": 0}
+    if resuming:
+        saved = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state.update(json.loads((last_dir / "trainer_state.json").read_text()))
+        logger.info("resuming after epoch %d (best valid F1 %.2f)", state["epoch"], state["best_f1"])
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    best = {}
+    for epoch in range(state["epoch"] + 1, opts.epochs + 1):
+        seed_everything(opts.seed + epoch)
+        generator.manual_seed(opts.seed + epoch)
+        model.train()
+        totals = {"loss": 0.0, "task_loss": 0.0, "kl_text": 0.0, "kl_image": 0.0, "ar_loss": 0.0}
+        with Progress(f"epoch {epoch}/{opts.epochs}", total=len(loader)) as progress:
+            for step, batch in enumerate(loader, 1):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    output = model(**batch)
+                scaler.scale(output.loss / opts.grad_accum).backward()
+                if step % opts.grad_accum == 0 or step == len(loader):
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for key in totals:
+                    value = getattr(output, key)
+                    totals[key] += float(value) if value is not None else 0.0
+                progress.advance()
+        model.eval()
+        metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
+        record = {"epoch": epoch, **{k: round(v / max(1, len(loader)), 5) for k, v in totals.items()},
+                  "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
+                  "valid_recall": metrics["recall"], "seconds": round(time.perf_counter() - start, 1)}
+        state["history"].append(record)
+        logger.info("epoch %d: %s", epoch, json.dumps(record))
+        improved = metrics["f1"] > state["best_f1"]
+        if improved:
+            state.update(best_f1=metrics["f1"], best_epoch=epoch, bad_epochs=0)
+            best = metrics
+            _save(loaded, out, opts, state, metrics)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        _save_last(loaded, last_dir, optimizer, scheduler, state)
+        if state["bad_epochs"] >= opts.patience:
+            logger.info("early stop: no valid improvement for %d epochs", opts.patience)
+            break
+    if not best:
+        best = json.loads((out / "metrics.json").read_text()).get("valid", {}) if (out / "metrics.json").exists() else {}
+    return TrainResult(out, state["best_epoch"], best, state["history"], time.perf_counter() - start)
+
+
+def _save(loaded: LoadedModel, out: Path, opts: TrainOptions, state: dict, metrics: dict) -> None:
+    dtype = torch.float16 if opts.save_dtype == "float16" else None
+    save_model(loaded, out, dtype=dtype)
+    (out / "training_args.json").write_text(json.dumps(asdict(opts), indent=2, default=str) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"best_epoch": state["best_epoch"], "valid": metrics,
+                                                  "history": state["history"]}, indent=2) + "\n")
+
+
+def _save_last(loaded: LoadedModel, last_dir: Path, optimizer, scheduler, state: dict) -> None:
+    save_model(loaded, last_dir)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               last_dir / "trainer_state.pt")
+    (last_dir / "trainer_state.json").write_text(json.dumps(state) + "\n")
