@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def _hub_offline_flag(offline_mode: bool) -> Iterator[None]:
         yield
     finally:
         offline.set_hub_offline_flag(previous)
+
+
+def _progress_class() -> type:
+    """huggingface_hub's tqdm, silenced unless stderr is a terminal (stderr stays clean in pipelines and logs)."""
+    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+
+    class _Progress(hf_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            if not sys.stderr.isatty():
+                kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return _Progress
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -134,6 +148,7 @@ def download_checkpoint(
                 endpoint=endpoint,
                 library_name="mmib",
                 library_version=__version__,
+                tqdm_class=_progress_class(),
             )
     except hf_errors.RevisionNotFoundError as exc:
         raise CheckpointNotFound(

@@ -21,6 +21,7 @@ from mmib_cli.features import Featurizer
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+CHECKPOINT_KEYS = ("mmib_version", "format_version", "trained_on", "metrics")  # config.json keys outside MMIBConfig
 TEXT_PREFIX = "text_encoder."
 IMAGE_PREFIX = "image_backbone."
 
@@ -50,12 +51,16 @@ def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel
 
 
 def apply_encoder_tuning(text_encoder: torch.nn.Module, tuning: str) -> None:
-    """Set `requires_grad` on the text encoder: `full`, `frozen`, or `top:N` (last N layers; embeddings frozen)."""
+    """Set `requires_grad` on the text encoder: `full`, `frozen`, `top:N` (last N layers; embeddings frozen) or
+    `lora:R` (rank-R LoRA adapters on every projection, base frozen)."""
     if tuning == "full":
         return
     for param in text_encoder.parameters():
         param.requires_grad = False
     if tuning == "frozen":
+        return
+    if tuning.startswith("lora:"):
+        _inject_lora(text_encoder, int(tuning.split(":", 1)[1]))
         return
     if tuning.startswith("top:"):
         layers = _encoder_layers(text_encoder)
@@ -66,7 +71,22 @@ def apply_encoder_tuning(text_encoder: torch.nn.Module, tuning: str) -> None:
             for param in layer.parameters():
                 param.requires_grad = True
         return
-    raise ValueError(f"unknown encoder_tuning {tuning!r}: use full, frozen or top:N")
+    raise ValueError(f"unknown encoder_tuning {tuning!r}: use full, frozen, top:N or lora:R")
+
+
+LORA_TARGETS = ["query", "key", "value", "dense"]
+
+
+def _inject_lora(text_encoder: torch.nn.Module, rank: int) -> None:
+    """Add LoRA adapters (peft) of rank `rank` to every attention and feed-forward projection, in place."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, text_encoder)
+    for name, param in text_encoder.named_parameters():
+        param.requires_grad = "lora_" in name
 
 
 def _encoder_layers(text_encoder: torch.nn.Module) -> list[torch.nn.Module]:
@@ -119,7 +139,7 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dty
 
     directory = Path(directory)
     raw_config, state = load_state(directory)
-    config = MMIBConfig.from_dict(raw_config)
+    config = MMIBConfig.from_dict({k: v for k, v in raw_config.items() if k not in CHECKPOINT_KEYS})
     with_images = config.trained_with_images or not for_inference
     loaded = build_model(config, load_image_backbone=with_images)
     result = loaded.model.load_state_dict(state, strict=False)

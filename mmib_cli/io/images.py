@@ -170,7 +170,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """
     mode = im.mode
     if mode in _ALPHA_MODES or (mode in ("P", "RGB", "L", "1") and "transparency" in im.info):
-        rgba = im.convert("RGBA")
+        rgba = (im.convert("LA") if mode == "La" else im).convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
     if mode == "RGB":
         return im

@@ -1,0 +1,410 @@
+"""The library API: `Annotator.from_pretrained(model).annotate(records)` yields output dicts.
+
+Work per post is split in two stages so the CLI pipeline can overlap them: `prepare` (CPU: validate, split words,
+decode the image; runs in worker processes) and `process` (tokenise a whole chunk at once, batched forward passes
+sorted by length, decode, post-process; runs next to the model).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from mmib_cli.checkpoint.model_io import LoadedModel, load_model
+from mmib_cli.errors import InvalidCheckpoint
+from mmib_cli.inference import predict_ner, predict_re
+from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
+from mmib_cli.postprocess import allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs
+from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
+from mmib_cli.text import Token, tokenize
+
+logger = logging.getLogger(__name__)
+
+ON_MISSING_IMAGE = ("text-only", "error", "skip")
+
+
+@dataclass
+class Prepared:
+    """A validated post ready for the model: its words with offsets and, when used, its decoded image."""
+
+    post: InputPost
+    tokens: list[Token]
+    pixels: torch.Tensor | None = None
+    image_note: str | None = None  # why a given image was not used
+    pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities to classify
+
+
+@dataclass
+class Skipped:
+    """A post left out on purpose (`--on-missing-image skip`): written as a `skipped` line, not an error."""
+
+    post: InputPost
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.post.id, "line": self.post.line, "skipped": {"reason": self.reason}}
+
+
+@dataclass
+class PrepareSettings:
+    """How `prepare` reads a record: field names, where images live, what to do when one is missing."""
+
+    id_field: str = "id"
+    text_field: str = "text"
+    image_field: str = "image"
+    base_dir: Path = field(default_factory=Path.cwd)
+    image_root: Path | None = None
+    on_missing_image: str = "text-only"
+    image_size: int | None = None  # None: the model takes no image, so images are not decoded
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+def word_tokens(post: InputPost) -> list[Token]:
+    """Words of a post with char offsets: the built-in tokenizer, or the input's `tokens` located in the text."""
+    if post.tokens is None:
+        return tokenize(post.text)
+    tokens, cursor = [], 0
+    for word in post.tokens:
+        start = post.text.find(word, cursor)
+        if start < 0:
+            raise InputError(f"line {post.line}: token {word!r} not found in the text after offset {cursor}")
+        tokens.append(Token(word, start, start + len(word)))
+        cursor = start + len(word)
+    return tokens
+
+
+def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skipped | ErrorRecord:
+    """Validate one parsed line, split its words and decode its image (never raises for bad input)."""
+    from mmib_cli.io.images import ImageError, load_image, resolve_image_path
+    from mmib_cli.io.records import post_id
+
+    if isinstance(obj, ErrorRecord):
+        return obj
+    try:
+        post = parse_post(obj, line, id_field=settings.id_field, text_field=settings.text_field,
+                          image_field=settings.image_field)
+        prepared = Prepared(post, word_tokens(post))
+    except InputError as exc:
+        return ErrorRecord.from_exception(exc, id=post_id(obj, line, id_field=settings.id_field), line=line)
+    if post.image is None or settings.image_size is None:
+        return prepared
+    try:
+        path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
+        prepared.pixels = load_image(path, image_size=settings.image_size, mean=settings.mean, std=settings.std)
+    except ImageError as exc:
+        kind = getattr(exc, "error_type", "ImageUnreadable")
+        if kind == "DecompressionBomb" or settings.on_missing_image == "error":
+            return ErrorRecord.from_exception(exc, id=post.id, line=line)
+        if settings.on_missing_image == "skip":
+            return Skipped(post, f"{kind}: {exc}")
+        prepared.image_note = f"{kind}: {exc}"
+    return prepared
+
+
+@dataclass
+class RelationSettings:
+    """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
+
+    pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
+    min_score: float = 0.0
+    keep_none: bool = False
+    type_constraints: bool = True
+
+
+def load_components(model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                    cache_dir: str | None = None, token: str | None = None,
+                    online: bool | None = None) -> dict[str, Any]:
+    """Resolve `model` and load its task models: `{"ner": LoadedModel?, "re": LoadedModel?, "label": str}`."""
+    from mmib_cli.checkpoint.resolve import resolve_model
+    from mmib_cli.checkpoint.serialization import read_bundle
+    from mmib_cli.device import resolve_device, resolve_dtype
+
+    resolved = resolve_model(model, revision=revision, cache_dir=cache_dir, token=token, online=online)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    parts = read_bundle(resolved.path) or {"single": resolved.path}
+    components: dict[str, Any] = {"label": resolved.label}
+    for path in parts.values():
+        loaded = load_model(path, device=torch_device, dtype=torch_dtype)
+        components[loaded.model.config.task] = loaded
+    return components
+
+
+class Annotator:
+    """Annotate posts with entities (and relations) using an MMIB checkpoint (NER and/or RE models).
+
+    Example:
+        >>> annotator = Annotator.from_pretrained("mmib-default")
+        >>> next(annotator.annotate([{"text": "Kawhi Leonard joins the Clippers"}]))["entities"]
+    """
+
+    def __init__(self, ner: LoadedModel | None, re: LoadedModel | None, *, model_label: str,
+                 batch_size: int = 32, max_tokens: int = 8192) -> None:
+        if ner is None and re is None:
+            raise InvalidCheckpoint("an Annotator needs at least one of an NER and an RE model")
+        self.ner, self.re = ner, re
+        self.model_label = model_label
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_pretrained(cls, model: str = "mmib-default", *, revision: str | None = None, device: str = "auto",
+                        dtype: str = "auto", cache_dir: str | None = None, token: str | None = None,
+                        online: bool | None = None, batch_size: int = 32, max_tokens: int = 8192) -> "Annotator":
+        """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
+        parts = load_components(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir,
+                                token=token, online=online)
+        return cls(parts.get("ner"), parts.get("re"), model_label=parts["label"], batch_size=batch_size,
+                   max_tokens=max_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the models run on."""
+        loaded = self.ner or self.re
+        return next(loaded.model.parameters()).device
+
+    @property
+    def image_models(self) -> list[LoadedModel]:
+        """The loaded models that take images (trained with images and built with a backbone)."""
+        return [m for m in (self.ner, self.re) if m is not None and m.image_info is not None]
+
+    def prepare_settings(self, **kwargs: Any) -> PrepareSettings:
+        """PrepareSettings matching this annotator's image preprocessing (no decoding if no model uses images)."""
+        settings = PrepareSettings(**kwargs)
+        if self.image_models:
+            info = self.image_models[0].image_info
+            settings.image_size, settings.mean, settings.std = info.image_size, info.mean, info.std
+        return settings
+
+    # -- library entry points ---------------------------------------------------------------------------------
+    def annotate(self, records: Iterable[dict[str, Any]], *, relations: bool = False,
+                 relation_settings: RelationSettings | None = None, chunk_size: int = 256,
+                 **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Yield one output dict per input record, in order (error records for bad ones)."""
+        mode = "annotate+relations" if relations else "annotate"
+        yield from self._stream(records, mode, relation_settings, chunk_size, prepare_kwargs)
+
+    def relations(self, records: Iterable[dict[str, Any]], *, relation_settings: RelationSettings | None = None,
+                  chunk_size: int = 256, **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Yield relation records for the pairs each input gives (or every entity pair with `pair=True`)."""
+        yield from self._stream(records, "relations", relation_settings, chunk_size, prepare_kwargs)
+
+    def annotate_text(self, text: str, image: str | None = None, *, relations: bool = False) -> dict[str, Any]:
+        """Annotate one post (a one-line wrapper around `annotate`)."""
+        return next(self.annotate([{"text": text, "image": image}], relations=relations))
+
+    def _stream(self, records: Iterable[dict[str, Any]], mode: str, relation_settings: RelationSettings | None,
+                chunk_size: int, prepare_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        settings = self.prepare_settings(**prepare_kwargs)
+        chunk: list[Prepared | Skipped | ErrorRecord] = []
+        for line, obj in enumerate(records, 1):
+            chunk.append(prepare(line, obj, settings))
+            if len(chunk) >= chunk_size:
+                yield from self.process(chunk, mode, relation_settings)
+                chunk = []
+        if chunk:
+            yield from self.process(chunk, mode, relation_settings)
+
+    # -- the model stage -------------------------------------------------------------------------------------
+    def process(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: str,
+                relation_settings: RelationSettings | None = None) -> list[dict[str, Any]]:
+        """Annotate a chunk of prepared posts; returns output dicts in chunk order."""
+        settings = relation_settings or RelationSettings()
+        if mode == "relations":
+            chunk = [_with_input_pairs(item, settings) if isinstance(item, Prepared) else item for item in chunk]
+        posts = [p for p in chunk if isinstance(p, Prepared)]
+        want_relations = mode != "annotate"
+        if want_relations and self.re is None:
+            raise InvalidCheckpoint(f"model {self.model_label} has no relation (re) model")
+        entities: dict[int, list[dict[str, Any]]] = {}
+        bio: dict[int, list[str]] = {}
+        need_ner = [p for p in posts if mode != "relations" or (settings.pair and "entities" not in p.post.raw)]
+        if need_ner:
+            if self.ner is None:
+                raise InvalidCheckpoint(f"model {self.model_label} has no entity (ner) model")
+            self._run_ner(need_ner, entities, bio)
+        pairs_out: dict[int, list[dict[str, Any]]] = {}
+        if want_relations:
+            pairs_out = self._run_re(posts, entities, settings, mode)
+        out: list[dict[str, Any]] = []
+        for item in chunk:
+            if isinstance(item, ErrorRecord):
+                out.append(item.to_json())
+            elif isinstance(item, Skipped):
+                out.append(item.to_json())
+            else:
+                key = id(item)
+                ents = entities.get(key, item.post.raw.get("entities") if isinstance(item.post.raw.get("entities"), list) else [])
+                record = make_output(item.post, tokens=item.tokens,
+                                     bio=bio.get(key, ["O"] * len(item.tokens)) if key in bio or not want_relations
+                                     else _bio_from_entities(item.tokens, ents),
+                                     entities=ents, image_used=self._image_used(item),
+                                     model=self.model_label,
+                                     relations=pairs_out.get(key, []) if want_relations else None)
+                if item.image_note:
+                    record["image_error"] = item.image_note
+                out.append(record)
+        return out
+
+    def _image_used(self, item: Prepared) -> bool:
+        return item.pixels is not None and bool(self.image_models)
+
+    def _pixels(self, posts: Sequence[Prepared], loaded: LoadedModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if loaded.image_info is None or not any(p.pixels is not None for p in posts):
+            return None, None
+        size = loaded.image_info.image_size
+        pixels = torch.zeros((len(posts), 3, size, size))
+        present = torch.zeros(len(posts), dtype=torch.bool)
+        for i, p in enumerate(posts):
+            if p.pixels is not None:
+                pixels[i], present[i] = p.pixels, True
+        dtype = next(loaded.model.parameters()).dtype
+        return pixels.to(dtype), present
+
+    def _run_ner(self, posts: Sequence[Prepared], entities: dict[int, list], bio: dict[int, list[str]]) -> None:
+        loaded = self.ner
+        windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in posts])
+        for k, ws in enumerate(windows):
+            for w in ws:
+                w.post = k
+        pixels, present = self._pixels(posts, loaded)
+        predictions = predict_ner(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
+                                  pixel_values=pixels, image_present=present)
+        for post, pred in zip(posts, predictions):
+            bio[id(post)] = pred.tags
+            entities[id(post)] = bio_to_entities(post.tokens, pred.tags, post.post.text, pred.tag_scores)
+
+    def _run_re(self, posts: Sequence[Prepared], entities: dict[int, list], settings: RelationSettings,
+                mode: str) -> dict[int, list[dict[str, Any]]]:
+        loaded = self.re
+        labels = loaded.model.config.labels
+        items, owners, post_rows = [], [], []
+        pair_lists: dict[int, list[tuple[dict, dict]]] = {}
+        for k, post in enumerate(posts):
+            if post.pairs is not None:
+                pairs = post.pairs
+            else:
+                ents = entities.get(id(post)) or []
+                index_pairs = candidate_pairs(ents, labels) if settings.type_constraints else enumerate_pairs(ents)
+                pairs = [(ents[i], ents[j]) for i, j in index_pairs]
+            pair_lists[id(post)] = pairs
+            for head, tail in pairs:
+                items.append(([t.text for t in post.tokens], _word_span(post.tokens, head), _word_span(post.tokens, tail)))
+                owners.append(id(post))
+                post_rows.append(k)
+        result: dict[int, list[dict[str, Any]]] = {id(p): [] for p in posts}
+        if not items:
+            return result
+        windows = loaded.featurizer.encode_re_batch(items)
+        for w, k in zip(windows, post_rows):
+            w.post = k
+        pixels, present = self._pixels(posts, loaded)
+        probs = predict_re(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
+                           pixel_values=pixels, image_present=present)
+        cursor: dict[int, int] = {}
+        for owner, row in zip(owners, probs):
+            n = cursor.get(owner, 0)
+            cursor[owner] = n + 1
+            head, tail = pair_lists[owner][n]
+            label, score = _pick_relation(row, head, tail, labels, settings.type_constraints)
+            if (label == labels[0] and not settings.keep_none) or score < settings.min_score:
+                continue
+            result[owner].append({"head": dict(head), "tail": dict(tail), "relation": label, "score": score})
+        return result
+
+
+def _with_input_pairs(item: Prepared, settings: RelationSettings) -> Prepared | ErrorRecord:
+    """Attach the pairs a `relations` input asks about (given pairs, or pairs of its given entities)."""
+    try:
+        if not settings.pair:
+            item.pairs = input_pairs(item)
+        elif isinstance(item.post.raw.get("entities"), list):
+            ents = [_entity_from(e, item.post.text) if isinstance(e, dict) else _bad_entity(e)
+                    for e in item.post.raw["entities"]]
+            labels = RE_LABELS_FOR_PAIRS
+            index_pairs = candidate_pairs(ents, labels) if settings.type_constraints and all(
+                e.get("label") for e in ents) else enumerate_pairs(ents)
+            item.pairs = [(ents[i], ents[j]) for i, j in index_pairs]
+        for head, tail in item.pairs or []:
+            _word_span(item.tokens, head), _word_span(item.tokens, tail)
+    except InputError as exc:
+        return ErrorRecord.from_exception(exc, id=item.post.id, line=item.post.line)
+    return item
+
+
+def _bad_entity(value: Any) -> dict:
+    raise InputError(f"entities must be objects with start/end/label, got {value!r}")
+
+
+def _pick_relation(row: torch.Tensor, head: dict, tail: dict, labels: Sequence[str],
+                   constrained: bool) -> tuple[str, float]:
+    allowed = list(range(len(labels)))
+    if constrained and head.get("label") and tail.get("label"):
+        allowed = allowed_relations(head["label"], tail["label"], labels)
+    mass = float(row[allowed].sum())
+    best = max(allowed, key=lambda i: (float(row[i]), -i))
+    score = float(row[best]) / mass if mass > 0 else 1.0 / len(allowed)
+    return labels[best], round(min(1.0, max(0.0, score)), 4)
+
+
+def _word_span(tokens: Sequence[Token], entity: dict) -> tuple[int, int]:
+    """Word indices `[a, b)` covered by an entity given by char offsets (`start`/`end`)."""
+    start, end = int(entity["start"]), int(entity["end"])
+    inside = [i for i, t in enumerate(tokens) if t.start < end and t.end > start]
+    if not inside:
+        raise InputError(f"entity {entity.get('text', '')!r} [{start}, {end}) covers no word of the text")
+    return inside[0], inside[-1] + 1
+
+
+def _bio_from_entities(tokens: Sequence[Token], entities: Sequence[dict]) -> list[str]:
+    tags = ["O"] * len(tokens)
+    for ent in entities:
+        try:
+            a, b = _word_span(tokens, ent)
+        except (InputError, KeyError, TypeError, ValueError):
+            continue
+        label = ent.get("label", "MISC")
+        tags[a:b] = [f"B-{label}"] + [f"I-{label}"] * (b - a - 1)
+    return tags
+
+
+def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
+    """The pairs an input record asks about: `pairs` [{head, tail}] with char offsets, or MNRE `h`/`t` word spans."""
+    raw, tokens, text = prepared.post.raw, prepared.tokens, prepared.post.text
+    pairs: list[tuple[dict, dict]] = []
+    if isinstance(raw.get("pairs"), list):
+        for i, pair in enumerate(raw["pairs"]):
+            if not isinstance(pair, dict) or not all(isinstance(pair.get(k), dict) for k in ("head", "tail")):
+                raise InputError(f"line {prepared.post.line}: pairs[{i}] must be {{\"head\": {{...}}, \"tail\": {{...}}}}")
+            pairs.append((_entity_from(pair["head"], text), _entity_from(pair["tail"], text)))
+    elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
+        pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))
+    return pairs
+
+
+def _entity_from(value: dict, text: str) -> dict:
+    try:
+        start, end = int(value["start"]), int(value["end"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"pair entity {value!r} needs integer start/end char offsets") from None
+    if not 0 <= start < end <= len(text):
+        raise InputError(f"pair entity offsets [{start}, {end}) are outside the text")
+    entity = {"text": text[start:end], "start": start, "end": end}
+    if value.get("label"):
+        entity["label"] = str(value["label"])
+    return entity
+
+
+def _entity_from_words(value: dict, tokens: Sequence[Token], text: str) -> dict:
+    pos = value.get("pos")
+    if not (isinstance(pos, list) and len(pos) == 2 and 0 <= pos[0] < pos[1] <= len(tokens)):
+        raise InputError(f"entity {value!r}: 'pos' must be [start, end) word indices within the {len(tokens)} words")
+    start, end = tokens[pos[0]].start, tokens[pos[1] - 1].end
+    entity = {"text": text[start:end], "start": start, "end": end}
+    if value.get("label"):
+        entity["label"] = str(value["label"])
+    return entity

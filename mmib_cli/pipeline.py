@@ -1,0 +1,283 @@
+"""The streaming, cron-safe batch pipeline behind `mmib annotate` and `mmib relations`.
+
+Lines are read and prepared (validated, split into words, images decoded) in DataLoader worker processes,
+chunk by chunk, while the main process runs the model; chunks come back in input order, so output order equals
+input order and memory stays bounded whatever the input size. Output goes to `OUTPUT.partial` and is renamed
+at the end; SIGINT/SIGTERM stop after the current chunk is flushed, leaving complete lines for `--resume`.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmib_cli.annotate import Annotator, PrepareSettings, Prepared, RelationSettings, Skipped, prepare
+from mmib_cli.console import Progress
+from mmib_cli.errors import ExitCode
+from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
+from mmib_cli.io.records import ErrorRecord
+
+logger = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Raised in the main thread by the SIGTERM/SIGINT handler."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class PipelineOptions:
+    """Everything `mmib annotate` / `mmib relations` take (see their --help)."""
+
+    task: str  # "annotate" or "relations"
+    input_path: str
+    output: str
+    model: str = "mmib-default"
+    relations: bool = False
+    pair: bool = False
+    min_score: float = 0.0
+    keep_none: bool = False
+    type_constraints: bool = True
+    batch_size: int = 32
+    max_tokens: int = 8192
+    num_workers: int | None = None
+    on_missing_image: str = "text-only"
+    image_root: str | None = None
+    id_field: str = "id"
+    text_field: str = "text"
+    image_field: str = "image"
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
+    resume: bool = False
+    force: bool = False
+    progress: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    online: bool | None = None
+    chunk_size: int = 0  # posts per prepared chunk; 0 = 4 x batch_size
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> "PipelineOptions":
+        """Validate CLI values (raises ValueError for usage errors, mapped to exit code 2)."""
+        shard = options.pop("shard", None)
+        if options.get("resume") and options.get("force"):
+            raise ValueError("use either --resume or --force, not both")
+        if options.get("resume") and options.get("output") == "-":
+            raise ValueError("--resume needs an output file, not stdout")
+        input_path = options["input_path"]
+        if input_path != "-" and not Path(input_path).is_file():
+            raise ValueError(f"input {input_path} does not exist or is not a file")
+        return cls(shard=parse_shard(shard) if shard else None, **options)
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`I/N` with 1 <= I <= N → (I, N); lines whose (number - 1) % N == I - 1 belong to shard I."""
+    try:
+        index, total = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects I/N such as 2/8, got {value!r}") from None
+    if not 1 <= index <= total:
+        raise ValueError(f"--shard {value}: need 1 <= I <= N")
+    return index, total
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run; `exit_code` is 0, 3 (some error records) or 130/143 (interrupted)."""
+
+    posts: int = 0
+    annotated: int = 0
+    entities: int = 0
+    relations: int = 0
+    errors: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    exit_code: ExitCode = ExitCode.OK
+    error_types: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        rate = self.posts / self.seconds if self.seconds > 0 else 0.0
+        text = (f"{self.posts} posts ({self.annotated} annotated, {self.errors} errors, {self.skipped} skipped), "
+                f"{self.entities} entities, {self.relations} relations in {self.seconds:.1f}s ({rate:.1f} posts/s)")
+        if self.resumed:
+            text += f"; {self.resumed} lines already done before --resume"
+        return text
+
+
+class _ChunkSource(IterableDataset):
+    """Reads the input and yields prepared chunks; with N workers, worker w prepares chunks k where k % N == w."""
+
+    def __init__(self, source: str, settings: PrepareSettings, chunk_size: int, limit: int | None,
+                 shard: tuple[int, int] | None, done: frozenset[int]) -> None:
+        self.source, self.settings, self.chunk_size = source, settings, chunk_size
+        self.limit, self.shard, self.done = limit, shard, done
+
+    def lines(self) -> Iterator[tuple[int, Any]]:
+        for line, obj in read_lines(self.source):
+            if self.limit is not None and line > self.limit:
+                return
+            if self.shard and (line - 1) % self.shard[1] != self.shard[0] - 1:
+                continue
+            if line in self.done:
+                continue
+            yield line, obj
+
+    def __iter__(self) -> Iterator[list]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        chunk: list[tuple[int, Any]] = []
+        index = 0
+        for item in self.lines():
+            chunk.append(item)
+            if len(chunk) == self.chunk_size:
+                if index % workers == worker:
+                    yield [prepare(line, obj, self.settings) for line, obj in chunk]
+                chunk, index = [], index + 1
+        if chunk and index % workers == worker:
+            yield [prepare(line, obj, self.settings) for line, obj in chunk]
+
+
+def _threaded(iterator: Iterator[list], depth: int = 2) -> Iterator[list]:
+    """Run a chunk iterator in a background thread (stdin input, or --num-workers 0)."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(end)
+        except BaseException as exc:  # surface reader errors in the main thread
+            box.put(exc)
+
+    thread = threading.Thread(target=pump, name="mmib-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _chunks(source: _ChunkSource, num_workers: int) -> Iterator[list]:
+    if num_workers == 0 or source.source == "-":
+        return _threaded(iter(source))
+    loader = DataLoader(source, batch_size=None, num_workers=num_workers, prefetch_factor=2,
+                        collate_fn=lambda x: x, multiprocessing_context="fork" if _fork_ok() else None)
+    return iter(loader)
+
+
+def _fork_ok() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def run_pipeline(opts: PipelineOptions) -> RunSummary:
+    """Annotate `opts.input_path` into `opts.output`; returns the summary (also logged on stderr).
+
+    Raises:
+        MMIBError: fatal problems (model cannot load, output exists or cannot be written) before any output.
+    """
+    start = time.perf_counter()
+    writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume)
+    annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, online=opts.online,
+                                          batch_size=opts.batch_size, max_tokens=opts.max_tokens)
+    if annotator.ner is not None and annotator.ner.image_info is None:
+        logger.info("model %s was trained without images: posts are annotated from their text only",
+                    annotator.model_label)
+    base_dir = Path(opts.input_path).resolve().parent if opts.input_path != "-" else Path.cwd()
+    settings = annotator.prepare_settings(
+        id_field=opts.id_field, text_field=opts.text_field, image_field=opts.image_field, base_dir=base_dir,
+        image_root=Path(opts.image_root) if opts.image_root else None, on_missing_image=opts.on_missing_image)
+    mode = "relations" if opts.task == "relations" else ("annotate+relations" if opts.relations else "annotate")
+    relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
+                                         keep_none=opts.keep_none, type_constraints=opts.type_constraints)
+    device_type = annotator.device.type
+    workers = opts.num_workers if opts.num_workers is not None else (2 if device_type == "cuda" else 1)
+    summary = RunSummary()
+    with writer:
+        done = frozenset(line for line, _ in writer.done_lines)
+        summary.resumed = len(done)
+        source = _ChunkSource(opts.input_path, settings, opts.chunk_size or 4 * opts.batch_size, opts.limit,
+                              opts.shard, done)
+        previous = _install_signal_handlers()
+        try:
+            with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
+                for chunk in _chunks(source, workers):
+                    for record in annotator.process(chunk, mode, relation_settings):
+                        writer.write(record)
+                        _count(summary, record)
+                    writer.flush()
+                    progress.advance(len(chunk))
+        except Interrupted as exc:
+            writer.flush()
+            summary.exit_code = ExitCode.TERMINATED if exc.signum == signal.SIGTERM else ExitCode.INTERRUPTED
+            writer.abort()
+            logger.warning("interrupted by %s: %d complete lines kept in %s; continue with --resume", exc,
+                           writer.records_written, writer.partial_path or "stdout")
+        finally:
+            _restore_signal_handlers(previous)
+    summary.seconds = time.perf_counter() - start
+    if summary.exit_code == ExitCode.OK and summary.errors:
+        summary.exit_code = ExitCode.PARTIAL
+    logger.info("%s", summary.line())
+    if summary.error_types:
+        logger.warning("error records by type: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.error_types.items())))
+    return summary
+
+
+def _count(summary: RunSummary, record: dict[str, Any]) -> None:
+    summary.posts += 1
+    if "error" in record:
+        summary.errors += 1
+        kind = record["error"].get("type", "Error")
+        summary.error_types[kind] = summary.error_types.get(kind, 0) + 1
+    elif "skipped" in record:
+        summary.skipped += 1
+    else:
+        summary.annotated += 1
+        summary.entities += len(record.get("entities", []))
+        summary.relations += len(record.get("relations", []) or [])
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, old in previous.items():
+        signal.signal(signum, old)
