@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_configure_network(monkeypatch: pytest.MonkeyPatch, online: bool | None,
         monkeypatch.setenv("MMIB_OFFLINE", env)
     assert offline.configure_network(online) is expected
     assert offline.is_offline() is (not expected)
-    assert __import__("os").environ["HF_HUB_OFFLINE"] == ("0" if expected else "1")
+    assert os.environ["HF_HUB_OFFLINE"] == ("0" if expected else "1")
     assert constants.HF_HUB_OFFLINE is (not expected)
 
 
@@ -323,8 +324,6 @@ def test_download_and_load(hub_with_revisions: FakeHub, tmp_path: Path) -> None:
 
 
 def test_download_honours_hf_home(hub_with_revisions: FakeHub) -> None:
-    import os
-
     path = download_checkpoint(REPO)
     assert Path(os.environ["HF_HOME"]) / "hub" in path.parents
 
@@ -456,7 +455,8 @@ def test_registry_hub_entry_checks_sha256(hub_with_revisions: FakeHub, tmp_path:
 def test_corrupted_cached_file_is_rejected(hub_with_revisions: FakeHub, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     files = checkpoint_files(tmp_path / "src-main")
-    monkeypatch.setenv("MMIB_REGISTRY", str(write_registry(tmp_path / "reg.json", {"tiny": registry_entry(files=files)})))
+    registry = write_registry(tmp_path / "reg.json", {"tiny": registry_entry(files=files)})
+    monkeypatch.setenv("MMIB_REGISTRY", str(registry))
     resolved = resolve_model("tiny", cache_dir=tmp_path / "cache")
     weights = (resolved.path / "model.safetensors").resolve()  # the blob behind the snapshot symlink
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")

@@ -241,6 +241,13 @@ def test_text_file_corrupt_jpeg_and_directory_are_unreadable(sample_images, tmp_
         assert err.error_type == "ImageUnreadable" and str(path) in str(err)
 
 
+def test_script_formats_are_never_opened(tmp_path):
+    path = tmp_path / "picture.eps"  # Pillow would hand EPS to Ghostscript
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    err = _error(path)
+    assert err.error_type == "ImageUnreadable" and "supported format" in str(err)
+
+
 def test_truncated_jpeg_is_unreadable(tmp_path):
     rng = np.random.default_rng(0)
     data_path = tmp_path / "full.jpg"

@@ -173,6 +173,8 @@ def test_schema_accepts_annotated_post_and_error_record(validator):
     validator.validate(_annotated(post, relations=[relation]))
     validator.validate(ErrorRecord(id="x", line=2, error_type="InvalidJSON", message="line 2: bad").to_json())
     validator.validate(ErrorRecord(id=2, line=2, error_type="ImageNotFound", message="m").to_json())
+    passthrough = {"text": "t", "tokens": ["t"], **ErrorRecord(id=3, line=3, error_type="X", message="m").to_json()}
+    validator.validate(passthrough)  # input fields may pass through into error records too
 
 
 @pytest.mark.parametrize(
@@ -436,6 +438,26 @@ def test_writer_resume_refuses_foreign_files(tmp_path, content):
     partial_path(out).write_bytes(content)
     with pytest.raises(OutputExists, match="--force"):
         AtomicJSONLWriter(out, resume=True)
+
+
+def test_writer_resume_moves_finished_output_only_when_writing_starts(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id":1,"line":1}\n')
+    writer = AtomicJSONLWriter(out, resume=True)  # e.g. the model then fails to load: nothing may change
+    assert writer.done_lines == {(1, 1)}
+    assert out.exists() and not partial_path(out).exists()
+    writer.open()
+    assert not out.exists() and partial_path(out).exists()
+    writer.abort()
+    assert partial_path(out).read_bytes() == b'{"id":1,"line":1}\n'
+
+
+def test_writer_rejects_writes_after_close(tmp_path):
+    writer = AtomicJSONLWriter(tmp_path / "out.jsonl")
+    writer.close()
+    writer.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        writer.write({"line": 1})
 
 
 def test_writer_resume_from_finished_output_and_from_nothing(tmp_path):

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmib_cli import offline
+from mmib_cli import __version__, offline
 from mmib_cli.errors import CheckpointNotFound, HubAccessDenied, MMIBError, OfflineUnavailable
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,6 @@ def download_checkpoint(
 
     # RemoteEntryNotFoundError appeared in huggingface_hub 1.0; EntryNotFoundError before
     remote_entry_missing = getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError)
-
-    from mmib_cli import __version__
-
     is_offline = offline.is_offline() if online is None else not online
     endpoint = hub_endpoint()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -156,7 +153,10 @@ def download_checkpoint(
             "commit"
         ) from exc
     except hf_errors.GatedRepoError as exc:
-        raise HubAccessDenied(f"hub repo {repo_id} is gated (endpoint {endpoint}): {access_hint}") from exc
+        raise HubAccessDenied(
+            f"hub repo {repo_id} is gated (endpoint {endpoint}): accept its conditions at {endpoint}/{repo_id}, "
+            f"then {access_hint}"
+        ) from exc
     except hf_errors.LocalEntryNotFoundError as exc:  # includes IncompleteSnapshotError
         if is_offline:
             raise OfflineUnavailable(

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "RASTER_FORMATS",
     "ImageError",
     "load_image",
     "open_rgb",
@@ -33,6 +34,10 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """Largest accepted image (width x height), Pillow's default ``MAX_IMAGE_PIXELS``."""
+
+RASTER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "JPEG2000", "AVIF", "HEIF",
+                  "QOI", "PCX")
+"""Pillow formats ``load_image`` opens (when their plugin is available); script-like formats (EPS...) never are."""
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -81,6 +86,11 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
+def _open_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in RASTER_FORMATS if f in Image.OPEN)
+
+
 def _check_pixels(size: tuple[int, int], max_pixels: int, path: Path) -> None:
     width, height = size
     if width * height > max_pixels:
@@ -114,7 +124,7 @@ def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_si
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=_open_formats()) as im:
                 _check_pixels(im.size, max_pixels, path)
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
@@ -131,7 +141,7 @@ def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_si
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image {path} is too large: {exc}", error_type="DecompressionBomb") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path} is not an image in a format Pillow can read") from exc
+        raise ImageError(f"{path} is not an image in a supported format ({', '.join(_open_formats())})") from exc
     except IsADirectoryError as exc:
         raise ImageError(f"image path {path} is a directory, not an image file") from exc
     except PermissionError as exc:

@@ -151,7 +151,7 @@ def partial_path(path: Path) -> Path:
 
 
 def _load_done(partial: Path) -> dict[int, PostId]:
-    """Read an existing partial output: repair a cut last line, return ``{line: id}`` of the complete records.
+    """Read an existing output: repair (truncate) a cut last line, return ``{line: id}`` of the complete records.
 
     Raises:
         OutputExists: a complete line in the middle is not JSON or lacks ``"line"``.
@@ -214,19 +214,19 @@ class AtomicJSONLWriter:
         self._written = 0
         self._done: dict[int, PostId] = {}
         self._append = False
+        self._move_finished = False
         if self.path is None:
             if resume:
                 logger.warning("--resume has no effect when writing to stdout")
             return
         partial = partial_path(self.path)
         if resume:
-            if not partial.exists() and self.path.exists():
-                logger.info("resuming from the finished output %s", self.path)
-                os.replace(self.path, partial)
-            if partial.exists():
-                self._done = _load_done(partial)
+            source = partial if partial.exists() else self.path if self.path.exists() else None
+            if source is not None:
+                self._done = _load_done(source)
                 self._append = True
-                logger.info("resuming %s: %d records already written", partial, len(self._done))
+                self._move_finished = source == self.path  # moved to .partial only once writing starts
+                logger.info("resuming %s: %d records already written", source, len(self._done))
             return
         if force:
             return
@@ -291,6 +291,9 @@ class AtomicJSONLWriter:
             return self
         target = partial_path(self.path)
         try:
+            if self._move_finished:
+                os.replace(self.path, target)
+                self._move_finished = False
             self._file = open(target, "ab" if self._append else "wb")  # noqa: SIM115 - closed in close()/abort()
         except OSError as exc:
             raise MMIBError(f"cannot write output {target}: {exc.strerror or exc}") from exc
@@ -302,6 +305,8 @@ class AtomicJSONLWriter:
         Args:
             record: an output dict (should carry ``"line"``) or an ``ErrorRecord``.
         """
+        if self._closed:
+            raise ValueError("writer is closed")
         data = dumps_line(record)
         if self._file is None:
             self.open()

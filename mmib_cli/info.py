@@ -1,0 +1,133 @@
+"""Facts for `mmib info` and `mmib models`: versions, hardware, checkpoint locations, registry entries."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from mmib_cli import __version__
+
+
+def _embedded_status(spec: Any) -> dict[str, Any]:
+    """Whether an embedded checkpoint's files are present, and what its config says about images."""
+    directory = spec.checkpoint_dir()
+    status: dict[str, Any] = {"path": str(directory), "present": directory.is_dir() and bool(spec.files)}
+    if not status["present"]:
+        return status
+    from mmib_cli.checkpoint.serialization import read_bundle
+
+    parts = read_bundle(directory) or {"model": directory}
+    tasks = {}
+    for part in parts.values():
+        config_file = Path(part) / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            tasks[config.get("task", "?")] = {
+                "trained_with_images": bool(config.get("trained_with_images")),
+                "text_encoder": config.get("text_encoder", {}).get("source"),
+                "image_encoder": config.get("image_encoder", {}).get("source"),
+            }
+    status["tasks"] = tasks
+    status["uses_images"] = any(t["trained_with_images"] for t in tasks.values())
+    return status
+
+
+def collect_info() -> dict[str, Any]:
+    """Versions, devices, offline state, checkpoint locations and embedded checkpoints (JSON-serialisable)."""
+    import huggingface_hub
+    import torch
+    import transformers
+
+    from mmib_cli.checkpoint.download import default_cache_dir, hub_endpoint
+    from mmib_cli.checkpoint.registry import load_registry, models_dir, registry_path
+    from mmib_cli.device import describe_hardware
+    from mmib_cli.offline import is_offline
+
+    registry = load_registry()
+    return {
+        "mmib": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "hardware": describe_hardware(),
+        "offline": is_offline(),
+        "hub_endpoint": hub_endpoint(),
+        "checkpoint_lookup": {
+            "order": ["local directory", "registry name", "hub id ORG/NAME[@REV]"],
+            "registry": str(registry_path()),
+            "embedded_models_dir": str(models_dir()),
+            "hub_cache": str(default_cache_dir()),
+        },
+        "embedded": {name: _embedded_status(spec) for name, spec in registry.items() if spec.source == "embedded"},
+    }
+
+
+def render_info(facts: dict[str, Any]) -> str:
+    """Human-readable `mmib info` text."""
+    hw = facts["hardware"]
+    lines = [
+        f"mmib {facts['mmib']} (python {facts['python']}, torch {facts['torch']}, "
+        f"transformers {facts['transformers']}, huggingface_hub {facts['huggingface_hub']})",
+        f"device: {hw['auto_device']} (CUDA {'yes' if hw['cuda_available'] else 'no'}, "
+        f"MPS {'yes' if hw['mps_available'] else 'no'}, torch threads {hw['torch_threads']})",
+    ]
+    if hw.get("cuda_devices"):
+        lines.append("cuda devices: " + ", ".join(hw["cuda_devices"]))
+    mode = "offline (use --online or MMIB_OFFLINE=0 to reach the hub)" if facts["offline"] else "online"
+    lines.append(f"network: {mode}; hub endpoint {facts['hub_endpoint']}")
+    lookup = facts["checkpoint_lookup"]
+    lines.append("checkpoints are looked up as: " + " → ".join(lookup["order"]))
+    lines.append(f"  registry: {lookup['registry']}")
+    lines.append(f"  embedded models: {lookup['embedded_models_dir']}")
+    lines.append(f"  hub cache: {lookup['hub_cache']}")
+    for name, status in facts["embedded"].items():
+        if not status["present"]:
+            lines.append(f"embedded {name}: not present")
+            continue
+        tasks = ", ".join(
+            f"{task} ({'trained with images' if t['trained_with_images'] else 'text only: trained without images'})"
+            for task, t in sorted(status["tasks"].items()))
+        lines.append(f"embedded {name}: present — {tasks}")
+    return "\n".join(lines)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Registry entries with their local availability (embedded present / hub snapshot cached)."""
+    from mmib_cli.checkpoint.registry import load_registry
+
+    rows = []
+    for name, spec in sorted(load_registry().items()):
+        row = {"name": name, "source": spec.source, "revision": spec.revision, "license": spec.license,
+               "docs": spec._docs, "metrics": spec._metrics}
+        if spec.source == "embedded":
+            row["local"] = "present" if _embedded_status(spec)["present"] else "missing"
+        else:
+            row["repo_id"] = spec.repo_id
+            row["local"] = "cached" if _hub_cached(spec.repo_id, spec.revision) else "not downloaded"
+        rows.append(row)
+    return rows
+
+
+def _hub_cached(repo_id: str | None, revision: str | None) -> bool:
+    if not repo_id:
+        return False
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, revision=revision, local_files_only=True)
+        return True
+    except Exception:  # not cached (or cache unreadable): report as not downloaded
+        return False
+
+
+def render_models(rows: list[dict[str, Any]]) -> str:
+    """A plain table of registry entries (one line each)."""
+    if not rows:
+        return "no registry entries"
+    lines = [f"{'NAME':<22} {'SOURCE':<9} {'LOCAL':<15} DESCRIPTION"]
+    for row in rows:
+        where = row.get("repo_id") or "package"
+        lines.append(f"{row['name']:<22} {row['source']:<9} {row['local']:<15} {row.get('docs') or ''} [{where}]")
+    return "\n".join(lines)
