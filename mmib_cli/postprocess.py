@@ -1,6 +1,6 @@
 """Post-processing: BIO tags to entity spans with exact character offsets, entity pairs, relation type constraints.
 
-Plain Python (no torch import): score arguments may be lists or anything with ``.tolist()`` (tensors, arrays).
+No direct torch use: score arguments may be lists or anything with ``.tolist()`` (tensors, arrays).
 """
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub unless a test opts in explicitly
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,11 @@ def _real_vocab() -> Path:
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A tiny random BERT saved as an HF directory (config, safetensors, tokenizer) with the real uncased vocab."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     out = tmp_path_factory.mktemp("tiny-bert")
-    vocab = _real_vocab()
-    shutil.copy(vocab, out / "vocab.txt")
-    tokenizer = BertTokenizer(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores BertTokenizer(vocab_file=...); load the real tokenizer files and save them instead.
+    tokenizer = AutoTokenizer.from_pretrained(str(_real_vocab().parent), local_files_only=True)
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT_CONFIG)
@@ -145,3 +143,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in item.keywords:
             item.add_marker(skip)
+
+
+def build_tiny_checkpoint(directory: Path, task: str, text_dir: Path, *, with_images: bool = True,
+                          seed: int = 0, **overrides) -> Path:
+    """Save a tiny random MMIB checkpoint (tiny BERT from `text_dir` + tiny CNN) for `task` in `directory`."""
+    import torch
+
+    from mmib_cli.checkpoint.model_io import build_model, save_model
+    from mmib_cli.model import MMIBConfig
+
+    torch.manual_seed(seed)
+    values = dict(task=task, hidden_size=TINY_BERT_CONFIG["hidden_size"], image_feature_dim=16, latent_size=16,
+                  num_attention_heads=2, text_encoder={"source": "path", "path": str(text_dir)},
+                  image_encoder={"source": "tiny-cnn"} if with_images else {"source": "none"},
+                  use_image=with_images, trained_with_images=with_images, max_length=32, stride=8)
+    values.update(overrides)
+    loaded = build_model(MMIBConfig(**values), load_image_backbone=with_images)
+    return save_model(loaded, directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bert_dir, tmp_path_factory) -> Path:
+    """A bundle directory (ner/ + re/ + bundle.json) of tiny random checkpoints trained 'with images'."""
+    from mmib_cli.checkpoint.serialization import write_bundle
+
+    root = tmp_path_factory.mktemp("tiny-bundle")
+    parts = {task: build_tiny_checkpoint(root / "parts" / task, task, tiny_bert_dir) for task in ("ner", "re")}
+    return Path(write_bundle(root / "bundle", parts) or root / "bundle")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_only_ner(tiny_bert_dir, tmp_path_factory) -> Path:
+    """A tiny NER checkpoint trained without images (the default checkpoint's situation)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ner-text") / "ner", "ner", tiny_bert_dir,
+                                 with_images=False)

@@ -425,19 +425,17 @@ def test_writer_resume_repairs_cut_line_and_appends(tmp_path):
     assert writer.records_written == 1
 
 
-def test_writer_resume_drops_unparsable_trailing_lines(tmp_path):
+@pytest.mark.parametrize(
+    "content",
+    [b'garbage\n{"id":1,"line":1}\n', b'{"id":1,"line":1}\n{"id":2,"li\n', b'{"id":1}\n{"id":2}\n',
+     b'{"id":1,"line":"1"}\n', b"[1]\n"],
+)
+def test_writer_resume_refuses_foreign_files_and_leaves_them_alone(tmp_path, content):
     out = tmp_path / "out.jsonl"
-    partial_path(out).write_bytes(b'{"id":1,"line":1}\n{"id":2,"li\n')
-    assert AtomicJSONLWriter(out, resume=True).done_lines == {(1, 1)}
-    assert partial_path(out).read_bytes() == b'{"id":1,"line":1}\n'
-
-
-@pytest.mark.parametrize("content", [b'garbage\n{"id":1,"line":1}\n', b'{"id":1}\n{"id":2,"line":2}\n'])
-def test_writer_resume_refuses_foreign_files(tmp_path, content):
-    out = tmp_path / "out.jsonl"
-    partial_path(out).write_bytes(content)
+    partial_path(out).write_bytes(content + b"cut")
     with pytest.raises(OutputExists, match="--force"):
         AtomicJSONLWriter(out, resume=True)
+    assert partial_path(out).read_bytes() == content + b"cut"
 
 
 def test_writer_resume_moves_finished_output_only_when_writing_starts(tmp_path):

@@ -184,3 +184,40 @@ def resolve_model(
     snapshot = download_checkpoint(base, revision=wanted, cache_dir=cache_dir, token=token, online=online)
     _check_layout(snapshot, f"hub repo {base}")
     return ResolvedModel(snapshot, base, wanted or snapshot.name)
+
+
+def fetch_model(
+    spec: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    force: bool = False,
+    online: bool | None = None,
+) -> ResolvedModel:
+    """`mmib download`: make a checkpoint available locally (download hub snapshots, verify embedded ones).
+
+    Args:
+        spec: registry name or hub id `org/name[@revision]` (a local directory is only checked).
+        revision: overrides the `@revision` suffix.
+        cache_dir: hub cache directory.
+        token: hub token.
+        force: download again even if cached.
+        online: True/False overrides the offline policy.
+
+    Returns:
+        The resolved, verified checkpoint.
+    """
+    base, at_revision = split_revision(str(spec))
+    registry = load_registry()
+    if force and base not in registry and not Path(str(spec)).expanduser().is_dir():
+        wanted = revision if revision is not None else at_revision
+        snapshot = download_checkpoint(base, revision=wanted, cache_dir=cache_dir, token=token, force=True,
+                                       online=online)
+        _check_layout(snapshot, f"hub repo {base}")
+        return ResolvedModel(snapshot, base, wanted or snapshot.name)
+    if force and base in registry and registry[base].source == "hub":
+        entry = registry[base]
+        download_checkpoint(entry.repo_id, revision=entry.revision, cache_dir=cache_dir, token=token, force=True,
+                            online=online, name=entry.name)
+    return resolve_model(spec, revision=revision, cache_dir=cache_dir, token=token, online=online)

@@ -126,7 +126,7 @@ def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_si
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=_open_formats()) as im:
                 _check_pixels(im.size, max_pixels, path)
-                if draft_size and im.format == "JPEG":
+                if draft_size and im.format in ("JPEG", "MPO"):
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
                 return to_rgb(_upright(im, path))

@@ -153,12 +153,13 @@ def partial_path(path: Path) -> Path:
 def _load_done(partial: Path) -> dict[int, PostId]:
     """Read an existing output: repair (truncate) a cut last line, return ``{line: id}`` of the complete records.
 
+    Only a last line without its newline (a write cut by a kill) is dropped; the file is otherwise left unchanged.
+
     Raises:
-        OutputExists: a complete line in the middle is not JSON or lacks ``"line"``.
+        OutputExists: a complete line is not JSON or lacks an integer ``"line"`` (not mmib output).
     """
     done: dict[int, PostId] = {}
-    keep = 0  # byte length of the valid prefix
-    bad: tuple[int, str] | None = None
+    keep = 0  # byte length of the complete lines
     with open(partial, "rb") as f:
         for number, raw in enumerate(iter(f.readline, b""), start=1):
             if not raw.endswith(b"\n"):
@@ -168,19 +169,14 @@ def _load_done(partial: Path) -> dict[int, PostId]:
                 obj = json.loads(raw)
                 line = obj["line"]
                 if not isinstance(line, int) or isinstance(line, bool):
-                    raise TypeError(line)
+                    raise TypeError(f"'line' is {line!r}")
             except (ValueError, KeyError, TypeError) as exc:
-                bad = (number, f"{type(exc).__name__}: {exc}")
-                continue
-            if bad is not None:
                 raise OutputExists(
-                    f"cannot resume {partial}: output line {bad[0]} is not an mmib record ({bad[1]}); "
-                    "pass --force to start over"
-                )
+                    f"cannot resume {partial}: its line {number} is not an mmib output record "
+                    f"({type(exc).__name__}: {exc}); pass --force to start over"
+                ) from exc
             done[line] = obj.get("id", line)
             keep = f.tell()
-    if bad is not None:
-        logger.warning("%s: dropping unreadable trailing line(s) from line %d before resuming", partial, bad[0])
     if keep != partial.stat().st_size:
         with open(partial, "r+b") as f:
             f.truncate(keep)
