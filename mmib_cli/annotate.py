@@ -14,10 +14,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from mmib_cli.checkpoint.model_io import LoadedModel, load_model
-from mmib_cli.errors import InvalidCheckpoint
+from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
-from mmib_cli.postprocess import allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs
+from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
+                                  relation_signature)
 from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
 from mmib_cli.text import Token, tokenize
 
@@ -78,8 +79,11 @@ def word_tokens(post: InputPost) -> list[Token]:
 
 
 def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skipped | ErrorRecord:
-    """Validate one parsed line, split its words and decode its image (never raises for bad input)."""
-    from mmib_cli.io.images import ImageError, load_image, resolve_image_path
+    """Validate one parsed line, split its words and decode its image (never raises for bad input).
+
+    Returns:
+        The prepared post, a `Skipped` marker (`--on-missing-image skip`), or an error record.
+    """
     from mmib_cli.io.records import post_id
 
     if isinstance(obj, ErrorRecord):
@@ -87,18 +91,43 @@ def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skippe
     try:
         post = parse_post(obj, line, id_field=settings.id_field, text_field=settings.text_field,
                           image_field=settings.image_field)
+        _check_encodable(post)
         prepared = Prepared(post, word_tokens(post))
     except InputError as exc:
         return ErrorRecord.from_exception(exc, id=post_id(obj, line, id_field=settings.id_field), line=line)
+    except Exception as exc:  # noqa: BLE001 - one bad record must never stop a run
+        logger.debug("line %d: unexpected %s while reading the record", line, type(exc).__name__, exc_info=True)
+        return ErrorRecord(post_id(obj, line, id_field=settings.id_field), line, "InvalidInput",
+                           f"line {line}: cannot read the record ({type(exc).__name__}: {exc})")
     if post.image is None or settings.image_size is None:
         return prepared
+    return _attach_image(prepared, settings)
+
+
+def _check_encodable(post: InputPost) -> None:
+    """Reject text (or given tokens) holding unpaired UTF-16 surrogates (`\\ud800` escapes): no tokenizer takes them."""
+    for what, value in [("text", post.text), *(("tokens", w) for w in post.tokens or ())]:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"line {post.line}: {what} holds an unpaired surrogate {value[exc.start]!r} at offset "
+                             f"{exc.start} (a lone \\ud800-\\udfff escape); fix the input encoding") from None
+
+
+def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | Skipped | ErrorRecord:
+    """Decode the post's image into `prepared.pixels`, or apply the `on_missing_image` policy."""
+    from mmib_cli.io.images import ImageError, load_image, resolve_image_path
+
+    post = prepared.post
     try:
         path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
         prepared.pixels = load_image(path, image_size=settings.image_size, mean=settings.mean, std=settings.std)
-    except ImageError as exc:
+    except Exception as exc:  # noqa: BLE001 - ImageError, or anything odd a path or decoder raises
+        if not isinstance(exc, ImageError):
+            exc = ImageError(f"image {post.image!r} cannot be used ({type(exc).__name__}: {exc})")
         kind = getattr(exc, "error_type", "ImageUnreadable")
         if kind == "DecompressionBomb" or settings.on_missing_image == "error":
-            return ErrorRecord.from_exception(exc, id=post.id, line=line)
+            return ErrorRecord.from_exception(exc, id=post.id, line=post.line)
         if settings.on_missing_image == "skip":
             return Skipped(post, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
@@ -191,7 +220,8 @@ class Annotator:
     def relations(self, records: Iterable[dict[str, Any]], *, relation_settings: RelationSettings | None = None,
                   chunk_size: int = 256, **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
         """Yield relation records for the pairs each input gives (or every entity pair with `pair=True`)."""
-        yield from self._stream(records, "relations", relation_settings, chunk_size, prepare_kwargs)
+        settings = relation_settings or RelationSettings(pair=False)
+        yield from self._stream(records, "relations", settings, chunk_size, prepare_kwargs)
 
     def annotate_text(self, text: str, image: str | None = None, *, relations: bool = False) -> dict[str, Any]:
         """Annotate one post (a one-line wrapper around `annotate`)."""
@@ -212,7 +242,36 @@ class Annotator:
     # -- the model stage -------------------------------------------------------------------------------------
     def process(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: str,
                 relation_settings: RelationSettings | None = None) -> list[dict[str, Any]]:
-        """Annotate a chunk of prepared posts; returns output dicts in chunk order."""
+        """Annotate a chunk of prepared posts; returns output dicts in chunk order.
+
+        A failure other than a run-level `MMIBError` (a tokenizer or model error caused by one odd post, out of
+        memory...) does not lose the chunk: its posts are retried one at a time, and a post that still fails becomes an
+        `AnnotationFailed` error record.
+
+        Raises:
+            InvalidCheckpoint: the mode needs a task model (ner/re) this annotator lacks.
+        """
+        try:
+            return self._process_chunk(chunk, mode, relation_settings)
+        except Exception as exc:  # noqa: BLE001 - one bad record must never stop a run
+            if _is_fatal(exc):
+                raise
+            if len(chunk) == 1:
+                return [_failure_record(chunk[0], exc)]
+            logger.warning("a chunk of %d posts failed (%s: %s); retrying its posts one by one", len(chunk),
+                           type(exc).__name__, exc)
+        out: list[dict[str, Any]] = []
+        for item in chunk:
+            try:
+                out.extend(self._process_chunk([item], mode, relation_settings))
+            except Exception as exc:  # noqa: BLE001
+                if _is_fatal(exc):
+                    raise
+                out.append(_failure_record(item, exc))
+        return out
+
+    def _process_chunk(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: str,
+                       relation_settings: RelationSettings | None) -> list[dict[str, Any]]:
         settings = relation_settings or RelationSettings()
         if mode == "relations":
             chunk = [_with_input_pairs(item, settings) if isinstance(item, Prepared) else item for item in chunk]
@@ -223,9 +282,13 @@ class Annotator:
         entities: dict[int, list[dict[str, Any]]] = {}
         bio: dict[int, list[str]] = {}
         need_ner = [p for p in posts if mode != "relations" or (settings.pair and "entities" not in p.post.raw)]
-        if need_ner:
-            if self.ner is None:
+        if need_ner and self.ner is None:
+            if mode != "relations":
                 raise InvalidCheckpoint(f"model {self.model_label} has no entity (ner) model")
+            chunk = [_no_entities(item, self.model_label) if any(item is p for p in need_ner) else item
+                     for item in chunk]
+            posts, need_ner = [p for p in chunk if isinstance(p, Prepared)], []
+        if need_ner:
             self._run_ner(need_ner, entities, bio)
         pairs_out: dict[int, list[dict[str, Any]]] = {}
         if want_relations:
@@ -238,7 +301,8 @@ class Annotator:
                 out.append(item.to_json())
             else:
                 key = id(item)
-                ents = entities.get(key, item.post.raw.get("entities") if isinstance(item.post.raw.get("entities"), list) else [])
+                given = item.post.raw.get("entities")
+                ents = entities.get(key, given if isinstance(given, list) else [])
                 record = make_output(item.post, tokens=item.tokens,
                                      bio=bio.get(key, ["O"] * len(item.tokens)) if key in bio or not want_relations
                                      else _bio_from_entities(item.tokens, ents),
@@ -313,8 +377,46 @@ class Annotator:
             label, score = _pick_relation(row, head, tail, labels, settings.type_constraints)
             if (label == labels[0] and not settings.keep_none) or score < settings.min_score:
                 continue
-            result[owner].append({"head": dict(head), "tail": dict(tail), "relation": label, "score": score})
+            head_type, tail_type = relation_signature(label) or ("MISC", "MISC")
+            result[owner].append({"head": _full_entity(head, head_type), "tail": _full_entity(tail, tail_type),
+                                  "relation": label, "score": score})
         return result
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors about the run itself (missing task model...), as opposed to one post's input."""
+    return isinstance(exc, MMIBError) and not isinstance(exc, InvalidInput)
+
+
+def _failure_record(item: Prepared | Skipped | ErrorRecord, exc: BaseException) -> dict[str, Any]:
+    """The output line of a post whose annotation raised an unexpected exception."""
+    if not isinstance(item, Prepared):
+        return item.to_json()
+    logger.warning("line %d: annotation failed (%s: %s)", item.post.line, type(exc).__name__, exc,
+                   exc_info=logger.isEnabledFor(logging.DEBUG))
+    if isinstance(exc, InvalidInput):
+        return ErrorRecord.from_exception(exc, id=item.post.id, line=item.post.line).to_json()
+    return ErrorRecord(item.post.id, item.post.line, "AnnotationFailed",
+                       f"line {item.post.line}: annotation failed ({type(exc).__name__}: {exc})").to_json()
+
+
+def _full_entity(entity: dict, fallback_label: str) -> dict:
+    """An entity record as the output schema wants it (`text, label, start, end, score`).
+
+    Entities given by the input may lack a label (MNRE `h`/`t`) and a score: the label then comes from the chosen
+    relation's signature (`/per/org/...` → PER, ORG; MISC for `None`), and a given entity scores 1.0.
+    """
+    return {"text": entity["text"], "label": str(entity.get("label") or fallback_label),
+            "start": entity["start"], "end": entity["end"], "score": float(entity.get("score", 1.0))}
+
+
+def _no_entities(item: Prepared | Skipped | ErrorRecord, model_label: str) -> Prepared | Skipped | ErrorRecord:
+    """`relations --pair` on a post without `entities` when the model has no NER part to find them."""
+    if not isinstance(item, Prepared):
+        return item
+    return ErrorRecord(item.post.id, item.post.line, "InvalidInput",
+                       f"line {item.post.line}: no \"entities\" to pair, and model {model_label} has no entity (ner) "
+                       "model to find them; give entities or use a model with an ner part")
 
 
 def _with_input_pairs(item: Prepared, settings: RelationSettings) -> Prepared | ErrorRecord:
@@ -396,12 +498,16 @@ def _entity_from(value: dict, text: str) -> dict:
     entity = {"text": text[start:end], "start": start, "end": end}
     if value.get("label"):
         entity["label"] = str(value["label"])
+    score = value.get("score")
+    if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0:
+        entity["score"] = float(score)
     return entity
 
 
 def _entity_from_words(value: dict, tokens: Sequence[Token], text: str) -> dict:
     pos = value.get("pos")
-    if not (isinstance(pos, list) and len(pos) == 2 and 0 <= pos[0] < pos[1] <= len(tokens)):
+    if not (isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
+            and 0 <= pos[0] < pos[1] <= len(tokens)):
         raise InputError(f"entity {value!r}: 'pos' must be [start, end) word indices within the {len(tokens)} words")
     start, end = tokens[pos[0]].start, tokens[pos[1] - 1].end
     entity = {"text": text[start:end], "start": start, "end": end}

@@ -65,7 +65,8 @@ class Featurizer:
         if not todo:
             return out
         encoded = self.tokenizer([list(words_batch[i]) for i in todo], is_split_into_words=True,
-                                 add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+                                 add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
+                                 verbose=False)  # long posts are cut into windows: no length warning
         for row, post in enumerate(todo):
             ids = encoded["input_ids"][row]
             for piece, word in zip(ids, encoded.word_ids(row)):
@@ -138,13 +139,19 @@ class Featurizer:
         for k, ((words, head, tail), pieces) in enumerate(zip(items, all_pieces)):
             shapes = [word_shape(w) for w in words]
             lo, hi = self._re_word_range(pieces, head, tail)
-            if sum(len(p) for p in pieces[lo:hi]) > self.max_length - 6:  # entities alone overflow: first pieces only
+            kept = list(range(lo, hi))
+            budget = self.max_length - 6
+            if sum(len(p) for p in pieces[lo:hi]) > budget:  # entities far apart: first pieces only
                 pieces = [p[:1] for p in pieces]
+                if hi - lo > budget:  # still too long: keep both entities and the words nearest to them
+                    kept = _words_near_entities(len(words), head, tail, budget)
+            head_words = [w for w in kept if head[0] <= w < head[1]]
+            tail_words = [w for w in kept if tail[0] <= w < tail[1]]
             ids, shape_ids = [self.cls_id], [0]
             head_index = tail_index = 0
-            for w in range(lo, hi):
-                for marker, pos in ((0, head[0]), (2, tail[0])):
-                    if w == pos:
+            for w in kept:
+                for marker, first in ((0, head_words[0]), (2, tail_words[0])):
+                    if w == first:
                         if marker == 0:
                             head_index = len(ids)
                         else:
@@ -153,8 +160,8 @@ class Featurizer:
                         shape_ids.append(0)
                 ids.extend(pieces[w])
                 shape_ids.extend([shapes[w]] * len(pieces[w]))
-                for marker, pos in ((1, head[1]), (3, tail[1])):
-                    if w == pos - 1:
+                for marker, last in ((1, head_words[-1]), (3, tail_words[-1])):
+                    if w == last:
                         ids.append(self.marker_ids[marker])
                         shape_ids.append(0)
             ids.append(self.sep_id)
@@ -214,6 +221,29 @@ class Featurizer:
             if windows[0].labels is not None:
                 out["labels"] = torch.tensor([w.labels[0] for w in windows], dtype=torch.long)
         return out
+
+
+def _words_near_entities(num_words: int, head: tuple[int, int], tail: tuple[int, int], budget: int) -> list[int]:
+    """Indices (ascending) of at most `budget` words: both entities' words first, then the words nearest to them.
+
+    Used when an RE item does not fit a window even at one piece per word. Entity spans longer than their share
+    of the budget keep their first words, so both start markers and both end markers always fit.
+    """
+    spans = [range(head[0], head[1]), range(tail[0], tail[1])]
+    entity_words = sorted(set(spans[0]) | set(spans[1]))
+    if len(entity_words) > budget:
+        share = max(1, budget // 2)
+        entity_words = sorted(set(spans[0][:share]) | set(spans[1][: budget - min(share, len(spans[0]))]))
+    chosen = set(entity_words)
+
+    def distance(w: int) -> int:
+        return min(abs(w - a) if w < a else max(0, w - (b - 1)) for a, b in (head, tail))
+
+    for w in sorted(range(num_words), key=lambda w: (distance(w), w)):
+        if len(chosen) >= budget:
+            break
+        chosen.add(w)
+    return sorted(chosen)
 
 
 def merge_window_emissions(windows: Sequence[Window], emissions: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -4,8 +4,9 @@ Input is already featurised; output is plain python per post. Everything runs un
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -88,13 +89,32 @@ def _decode(model, merged: list[torch.Tensor], labels: list[str]) -> list[NERPre
         n = merged[i].shape[0]
         emissions[row, :n] = merged[i]
         mask[row, :n] = True
-    tags, marginals = model.decode(emissions.to(device), mask.to(device))
+    with _single_threaded(device):
+        tags, marginals = model.decode(emissions.to(device), mask.to(device))
     marginals = marginals.float().cpu()
     for row, i in enumerate(todo):
         seq = tags[row]
         out[i] = NERPrediction([labels[t] for t in seq],
                                [float(marginals[row, j, t]) for j, t in enumerate(seq)])
     return out
+
+
+@contextmanager
+def _single_threaded(device: torch.device) -> Iterator[None]:
+    """Run CPU work made of many tiny ops (the CRF's per-word loop) on one thread.
+
+    Each step of the Viterbi / forward-backward loop is a `(B, K, K)` op; waking a thread pool for it costs far more
+    than the op, and on a busy machine it made a 20k-word post take close to a minute instead of a few seconds.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.inference_mode()

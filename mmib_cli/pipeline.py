@@ -20,15 +20,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmib_cli.annotate import Annotator, PrepareSettings, Prepared, RelationSettings, Skipped, prepare
 from mmib_cli.console import Progress
-from mmib_cli.errors import ExitCode
+from mmib_cli.errors import ExitCode, InvalidCheckpoint
 from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
 from mmib_cli.io.records import ErrorRecord
 
 logger = logging.getLogger(__name__)
 
 
-class Interrupted(Exception):
-    """Raised in the main thread by the SIGTERM/SIGINT handler."""
+class Interrupted(BaseException):
+    """Raised in the main thread by the SIGTERM/SIGINT handler (a BaseException, like KeyboardInterrupt, so that
+    per-record error handling never mistakes it for a bad record)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -207,6 +208,7 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume)
     annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, online=opts.online,
                                           batch_size=opts.batch_size, max_tokens=opts.max_tokens)
+    _check_tasks(annotator, opts)
     if annotator.ner is not None and annotator.ner.image_info is None:
         logger.info("model %s was trained without images: posts are annotated from their text only",
                     annotator.model_label)
@@ -251,6 +253,19 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     return summary
 
 
+def _check_tasks(annotator: Annotator, opts: PipelineOptions) -> None:
+    """Fail before any output is written when the model lacks the part (ner/re) the command needs."""
+    needs_re = opts.task == "relations" or opts.relations
+    needs_ner = opts.task == "annotate"
+    missing = [task for task, needed, part in (("ner", needs_ner, annotator.ner), ("re", needs_re, annotator.re))
+               if needed and part is None]
+    if missing:
+        what = " and ".join(f"an {'entity' if t == 'ner' else 'relation'} ({t}) model" for t in missing)
+        raise InvalidCheckpoint(f"model {annotator.model_label} has no {what}, which `mmib {opts.task}"
+                                f"{' --relations' if opts.relations else ''}` needs; pass a bundle with ner/ and re/ "
+                                "parts to --model (see `mmib models`)")
+
+
 def _count(summary: RunSummary, record: dict[str, Any]) -> None:
     summary.posts += 1
     if "error" in record:
@@ -270,6 +285,8 @@ def _install_signal_handlers() -> dict[int, Any]:
         return {}
 
     def handler(signum: int, frame: Any) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the final flush
+            signal.signal(other, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {}

@@ -195,14 +195,16 @@ def test_ar_lower_for_matched_than_shuffled_pairs() -> None:
     derangement = torch.tensor([2, 3, 1, 0])
     shuffled = dict(batch, pixel_values=batch["pixel_values"][derangement])
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    for _ in range(40):
+    model.eval()  # optimise on the bottleneck means: without sampling noise a few steps suffice
+    with torch.no_grad():
+        initial = model(**batch).ar_loss
+    for _ in range(30):
         optimizer.zero_grad()
         model(**batch).ar_loss.backward()
         optimizer.step()
-    model.eval()
     with torch.no_grad():
         matched_loss, shuffled_loss = model(**batch).ar_loss, model(**shuffled).ar_loss
+    assert matched_loss < initial
     assert matched_loss < shuffled_loss - 0.3
 
 

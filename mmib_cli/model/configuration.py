@@ -98,8 +98,9 @@ class MMIBConfig:
         beta_kl_text: weight of the text KL term. Default 1.0.
         beta_kl_image: weight of the image KL term. Default 1.0.
         beta_ar: weight of the alignment term. Default 1.0.
-        ar_score: discriminator form: ``"concat"`` (per-dimension sigmoid over ``[z_t; z_v]``, as the official
-            code) or ``"bilinear"`` (scalar ``z_t^T W z_v + b``). Default ``"concat"``.
+        ar_score: discriminator form: ``"bilinear"`` (scalar ``z_t^T W z_v + b``) or ``"concat"`` (per-dimension
+            sigmoid over ``[z_t; z_v]``, as the official code). Default ``"bilinear"``: the concat logit is additive
+            in ``z_t`` and ``z_v``, so it cannot tell matched from mismatched pairs (see AlignmentDiscriminator).
         ar_negatives: number ``K`` of rolled in-batch negatives per positive pair. Default 1.
         re_loss_reduction: reduction of the RE cross-entropy over the batch, ``"mean"`` or ``"sum"`` (the official
             code sums). Default ``"mean"``.
@@ -132,7 +133,7 @@ class MMIBConfig:
     beta_kl_text: float = 1.0
     beta_kl_image: float = 1.0
     beta_ar: float = 1.0
-    ar_score: str = "concat"
+    ar_score: str = "bilinear"
     ar_negatives: int = 1
     re_loss_reduction: str = "mean"
     text_encoder: dict[str, Any] = field(default_factory=dict)

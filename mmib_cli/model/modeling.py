@@ -151,6 +151,11 @@ class AlignmentDiscriminator(nn.Module):
         latent_size: ``d``.
         score: ``"concat"`` -> ``Linear([z_t; z_v])`` with ``d`` outputs (one sigmoid per dimension, as the official
             code); ``"bilinear"`` -> ``z_t^T W z_v + b``, one output.
+
+    Note: the concat logit ``W_t z_t + W_v z_v + b`` is additive, with no text-image interaction, so it cannot
+    separate matched from mismatched pairs; its loss cannot go below the pairing-blind optimum (``2 log 2`` for
+    ``K = 1``). Only ``"bilinear"`` actually measures alignment, so it is the config default; ``"concat"`` is kept to
+    reproduce the official code.
     """
 
     def __init__(self, latent_size: int, score: str = "concat") -> None:

@@ -1,0 +1,216 @@
+"""Throughput of `mmib annotate` end to end against the pure-forward bound, default vs paper-size model.
+
+For each model configuration, in one process and on the same loaded model object:
+
+* **pipeline**: `run_pipeline(PipelineOptions(task="annotate", ...))` - the exact code path of `mmib annotate`
+  (JSONL read, validation, word split, image decode in DataLoader workers, featurisation, batched forward, CRF
+  decode, entities, JSON write) on N synthetic posts, half of them with a generated JPEG photo. The model is loaded
+  once beforehand (its load time is reported separately) so posts/s is the steady-state rate.
+* **bound**: the same model's `forward` alone on the same posts, already tokenised, collated into the same batches
+  (same chunking, length sorting and batch size), images already decoded, every tensor already on the device.
+
+Runs alternate (bound, pipeline, bound, pipeline...) and the best of `--repeat` runs of each is kept, so a noisy
+machine hurts both sides alike. Ratios are the result; absolute times depend on the machine.
+
+Example:
+    python benchmarks/throughput.py --posts 1000 --paper-posts 200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import build_checkpoint, facts_line, hardware, make_photos, make_posts, table  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "mmib-bench"
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepared_batches(annotator: Any, posts_path: Path, chunk_size: int) -> tuple[list[dict], int]:
+    """Every forward batch the pipeline would run on `posts_path`, as device tensors (and the number of posts)."""
+    import torch
+
+    from mmib_cli.annotate import Prepared, prepare
+    from mmib_cli.inference import length_batches
+
+    loaded = annotator.ner
+    device = annotator.device
+    dtype = next(loaded.model.parameters()).dtype
+    settings = annotator.prepare_settings(base_dir=posts_path.parent)
+    lines = [json.loads(line) for line in posts_path.read_text(encoding="utf-8").splitlines()]
+    batches: list[dict] = []
+    for start in range(0, len(lines), chunk_size):
+        chunk = [prepare(start + k + 1, obj, settings) for k, obj in enumerate(lines[start: start + chunk_size])]
+        posts = [p for p in chunk if isinstance(p, Prepared)]
+        windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in posts])
+        flat = []
+        for k, ws in enumerate(windows):
+            for w in ws:
+                w.post = k
+                flat.append(w)
+        for idx in length_batches(flat, annotator.batch_size, annotator.max_tokens):
+            rows = [flat[i] for i in idx]
+            batch = loaded.featurizer.collate(rows, "ner")
+            images = [posts[w.post].pixels for w in rows]
+            if loaded.image_info is not None and any(p is not None for p in images):
+                size = loaded.image_info.image_size
+                pixels = torch.zeros((len(rows), 3, size, size))
+                present = torch.zeros(len(rows), dtype=torch.bool)
+                for i, p in enumerate(images):
+                    if p is not None:
+                        pixels[i], present[i] = p, True
+                batch.update(pixel_values=pixels.to(dtype), image_present=present)
+            batches.append({k: v.to(device) for k, v in batch.items()})
+    return batches, len(lines)
+
+
+def time_bound(model: Any, batches: list[dict], device: Any) -> float:
+    """Seconds of `model(**batch)` over every batch (inference mode, synchronised)."""
+    import torch
+
+    with torch.inference_mode():
+        _sync(device)
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch).logits
+        _sync(device)
+        return time.perf_counter() - start
+
+
+def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argparse.Namespace,
+                  profile: Path | None = None) -> float:
+    """Seconds of `run_pipeline` (the `mmib annotate` code path) with the model already loaded."""
+    from unittest import mock
+
+    from mmib_cli import pipeline
+    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+
+    opts = PipelineOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
+                           model="preloaded", batch_size=args.batch_size, device=args.device,
+                           num_workers=args.num_workers, progress=False, force=True)
+    profiler = None
+    if profile is not None:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.002)
+        profiler.start()
+    with mock.patch.object(pipeline.Annotator, "from_pretrained", return_value=annotator):
+        start = time.perf_counter()
+        summary = run_pipeline(opts)
+        seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.stop()
+        profile.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    if summary.annotated != summary.posts:
+        raise RuntimeError(f"pipeline run annotated {summary.annotated} of {summary.posts} posts: {summary.line()}")
+    return seconds
+
+
+def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Load the `kind` model and time bound and pipeline on `n` posts (best of `args.repeat` each)."""
+    import torch
+
+    from mmib_cli.annotate import Annotator
+
+    ckpt = build_checkpoint(CACHE / f"{kind}-ner-{args.encoder_tuning.replace(':', '')}", kind,
+                            encoder_tuning=args.encoder_tuning)
+    posts = make_posts(work / f"posts-{n}.jsonl", n, image_fraction=args.image_fraction,
+                       photos=[f"photos/{p}" for p in make_photos(work / "photos", 24)])
+    start = time.perf_counter()
+    annotator = Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
+                                          batch_size=args.batch_size)
+    load_s = time.perf_counter() - start
+    chunk = 4 * args.batch_size
+    batches, count = prepared_batches(annotator, posts, chunk)
+    model, device = annotator.ner.model, annotator.device
+    pieces = sum(int(b["attention_mask"].sum()) for b in batches)
+    padded = sum(b["attention_mask"].numel() for b in batches)
+    images = sum(int(b["image_present"].sum()) for b in batches if "image_present" in b)
+    time_bound(model, batches[: max(1, len(batches) // 10)], device)  # warm-up (allocator, kernels)
+    bound, pipe = [], []
+    for r in range(args.repeat):
+        bound.append(time_bound(model, batches, device))
+        profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile and r == 0 else None
+        pipe.append(time_pipeline(annotator, posts, work, args, profile))
+    del batches
+    best_bound, best_pipe = min(bound), min(pipe)
+    result = {"model": kind, "posts": count, "windows_images": images, "pieces": pieces, "padded_pieces": padded,
+              "load_s": load_s, "bound_posts_s": count / best_bound, "pipeline_posts_s": count / best_pipe,
+              "ratio": best_bound / best_pipe, "bound_runs_s": bound, "pipeline_runs_s": pipe,
+              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
+    del annotator, model
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--posts", type=int, default=1000, help="posts for the default model (default 1000)")
+    parser.add_argument("--paper-posts", type=int, default=None,
+                        help="posts for the paper-size model (default: --posts / 4; 0 skips it)")
+    parser.add_argument("-b", "--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on CUDA), float32, ...")
+    parser.add_argument("--num-workers", type=int, default=None, help="pipeline workers (default: pipeline's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--image-fraction", type=float, default=0.5)
+    parser.add_argument("--encoder-tuning", default="lora:16",
+                        help="text-encoder tuning of the benchmark checkpoints (the default model uses lora:16)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is kept (default 2)")
+    parser.add_argument("--profile", default=None, help="write a pyinstrument profile of the first pipeline run "
+                                                        "to PROFILE.<model>.txt")
+    parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paper_n = args.posts // 4 if args.paper_posts is None else args.paper_posts
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mmib-bench-") as tmp:
+        work = Path(tmp)
+        results.append(measure("default", args.posts, args, work))
+        if paper_n:
+            results.append(measure("paper", paper_n, args, work))
+    facts = hardware(args.device)
+    print(f"# mmib annotate throughput ({facts_line(facts)})")
+    print(f"batch size {args.batch_size}, device {args.device}, workers "
+          f"{args.num_workers if args.num_workers is not None else 'pipeline default'}, "
+          f"images on {args.image_fraction:.0%} of posts, best of {args.repeat}\n")
+    rows = [(r["model"], r["dtype"], r["posts"], r["threads"], f"{r['pieces'] / r['padded_pieces']:.2f}",
+             f"{r['bound_posts_s']:.1f}", f"{r['pipeline_posts_s']:.1f}", f"{r['ratio']:.2f}", f"{r['load_s']:.1f}")
+            for r in results]
+    print(table(["model", "dtype", "posts", "threads", "pieces/padded", "bound posts/s", "pipeline posts/s",
+                 "pipeline/bound", "load s"], rows))
+    if len(results) == 2:
+        d, p = results
+        print(f"\ndefault vs paper-size: pipeline {d['pipeline_posts_s'] / p['pipeline_posts_s']:.1f}x, "
+              f"bound {d['bound_posts_s'] / p['bound_posts_s']:.1f}x faster")
+    print(f"\ngoal pipeline/bound >= 0.85: "
+          f"{'met' if results[0]['ratio'] >= 0.85 else 'NOT met'} ({results[0]['ratio']:.2f}, default model)")
+    spread = {r["model"]: [round(statistics.fmean(r["bound_runs_s"]), 2), round(statistics.fmean(r["pipeline_runs_s"]), 2)]
+              for r in results}
+    print(f"mean seconds [bound, pipeline]: {spread}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"facts": facts, "args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
