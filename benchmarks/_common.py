@@ -16,8 +16,8 @@ from typing import Any, Iterable, Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never reach a hub
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+SRC = Path(os.environ.get("MMIB_BENCH_SRC", ROOT))  # another source tree to benchmark (before/after comparisons)
+sys.path.insert(0, str(SRC))
 
 # -- synthetic tweets --------------------------------------------------------------------------------------------
 _WORDS = ("the a to of and in is for on with at this that my your our it be was are have has will just not no so "

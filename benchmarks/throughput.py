@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_checkpoint, facts_line, hardware, make_photos, make_posts, table  # noqa: E402
+from _common import ROOT, SRC, build_checkpoint, facts_line, hardware, make_photos, make_posts, table  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "mmib-bench"
 
@@ -90,17 +90,30 @@ def time_bound(model: Any, batches: list[dict], device: Any) -> float:
         return time.perf_counter() - start
 
 
+def chunk_size(args: argparse.Namespace) -> int:
+    """Posts per pipeline chunk (the bound's batches are cut from chunks of the same size)."""
+    from mmib_cli import pipeline
+
+    return args.chunk_size or getattr(pipeline, "CHUNK_BATCHES", 4) * args.batch_size
+
+
 def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argparse.Namespace,
-                  profile: Path | None = None) -> float:
+                  profile: Path | None = None, workers: int | None = None, threads: int | None = None) -> float:
     """Seconds of `run_pipeline` (the `mmib annotate` code path) with the model already loaded."""
     from unittest import mock
+
+    import torch
 
     from mmib_cli import pipeline
     from mmib_cli.pipeline import PipelineOptions, run_pipeline
 
     opts = PipelineOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
                            model="preloaded", batch_size=args.batch_size, device=args.device,
-                           num_workers=args.num_workers, progress=False, force=True)
+                           num_workers=args.num_workers if workers is None else workers, progress=False, force=True,
+                           chunk_size=args.chunk_size)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     profiler = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -114,6 +127,7 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
     if profiler is not None:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    torch.set_num_threads(previous_threads)
     if summary.annotated != summary.posts:
         raise RuntimeError(f"pipeline run annotated {summary.annotated} of {summary.posts} posts: {summary.line()}")
     return seconds
@@ -133,8 +147,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     annotator = Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
                                           batch_size=args.batch_size)
     load_s = time.perf_counter() - start
-    chunk = 4 * args.batch_size
-    batches, count = prepared_batches(annotator, posts, chunk)
+    batches, count = prepared_batches(annotator, posts, chunk_size(args))
     model, device = annotator.ner.model, annotator.device
     pieces = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["attention_mask"].numel() for b in batches)
@@ -145,14 +158,28 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
         bound.append(time_bound(model, batches, device))
         profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile and r == 0 else None
         pipe.append(time_pipeline(annotator, posts, work, args, profile))
+    sweep = []
+    if args.sweep and kind == "default":
+        for threads, workers in args.sweep:
+            pair = []
+            for _ in range(args.repeat):
+                pair.append((time_bound(model, batches, device),
+                             time_pipeline(annotator, posts, work, args, workers=workers, threads=threads)))
+            sweep.append({"threads": threads, "workers": workers, "bound_s": min(b for b, _ in pair),
+                          "pipeline_s": min(p for _, p in pair), "runs": pair})
     del batches
     best_bound, best_pipe = min(bound), min(pipe)
     result = {"model": kind, "posts": count, "windows_images": images, "pieces": pieces, "padded_pieces": padded,
               "load_s": load_s, "bound_posts_s": count / best_bound, "pipeline_posts_s": count / best_pipe,
               "ratio": best_bound / best_pipe, "bound_runs_s": bound, "pipeline_runs_s": pipe,
-              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
+              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+              "chunk": chunk_size(args), "sweep": sweep}
     del annotator, model
     return result
+
+
+def _sweep(value: str) -> list[tuple[int, int]]:
+    return [(int(t), int(w)) for t, w in (item.split(":") for item in value.split(","))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on CUDA), float32, ...")
     parser.add_argument("--num-workers", type=int, default=None, help="pipeline workers (default: pipeline's)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--chunk-size", type=int, default=0, help="posts per pipeline chunk (default: pipeline's)")
+    parser.add_argument("--sweep", type=_sweep, default=None, metavar="T:W,...",
+                        help="also time the pipeline (default model) at these torch threads : workers settings, "
+                             "e.g. 2:0,2:1,2:2,1:1 (each against its own bound run)")
     parser.add_argument("--image-fraction", type=float, default=0.5)
     parser.add_argument("--encoder-tuning", default="lora:16",
                         help="text-encoder tuning of the benchmark checkpoints (the default model uses lora:16)")
@@ -190,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure("paper", paper_n, args, work))
     facts = hardware(args.device)
     print(f"# mmib annotate throughput ({facts_line(facts)})")
-    print(f"batch size {args.batch_size}, device {args.device}, workers "
+    if SRC != ROOT:
+        print(f"code under test: {SRC}")
+    print(f"batch size {args.batch_size}, chunk {results[0]['chunk']} posts, device {args.device}, workers "
           f"{args.num_workers if args.num_workers is not None else 'pipeline default'}, "
           f"images on {args.image_fraction:.0%} of posts, best of {args.repeat}\n")
     rows = [(r["model"], r["dtype"], r["posts"], r["threads"], f"{r['pieces'] / r['padded_pieces']:.2f}",
@@ -204,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
               f"bound {d['bound_posts_s'] / p['bound_posts_s']:.1f}x faster")
     print(f"\ngoal pipeline/bound >= 0.85: "
           f"{'met' if results[0]['ratio'] >= 0.85 else 'NOT met'} ({results[0]['ratio']:.2f}, default model)")
+    if results[0]["sweep"]:
+        bound_threads = results[0]["threads"]
+        print(f"\n## torch threads x pipeline workers (default model; bound at {bound_threads} threads)\n")
+        print(table(["torch threads", "workers", "bound posts/s", "pipeline posts/s", "pipeline/bound"],
+                    [(r["threads"], r["workers"], f"{results[0]['posts'] / r['bound_s']:.1f}",
+                      f"{results[0]['posts'] / r['pipeline_s']:.1f}", f"{r['bound_s'] / r['pipeline_s']:.2f}")
+                     for r in results[0]["sweep"]]))
     spread = {r["model"]: [round(statistics.fmean(r["bound_runs_s"]), 2), round(statistics.fmean(r["pipeline_runs_s"]), 2)]
               for r in results}
     print(f"mean seconds [bound, pipeline]: {spread}")

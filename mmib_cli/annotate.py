@@ -159,8 +159,29 @@ def load_components(model: str, *, revision: str | None = None, device: str = "a
     components: dict[str, Any] = {"label": resolved.label}
     for path in parts.values():
         loaded = load_model(path, device=torch_device, dtype=torch_dtype)
+        optimize_for_inference(loaded)
         components[loaded.model.config.task] = loaded
     return components
+
+
+def optimize_for_inference(loaded: LoadedModel) -> None:
+    """Speed-ups for an inference-only model, same outputs up to float rounding (see benchmarks/README.md).
+
+    LoRA adapters are merged into their base weights (one matmul per projection instead of three, no dropout op:
+    about 15% of the text encoder's CPU time). On CPU the image backbone is switched to channels-last memory
+    format, which oneDNN's convolutions run about 1.5x faster than NCHW (EfficientNet-Lite0, ResNet-50).
+    """
+    model = loaded.model
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency; without it there are no adapters to merge
+        LoraLayer = ()  # noqa: N806
+    for module in model.text_encoder.modules():
+        if LoraLayer and isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+    backbone = getattr(model, "image_backbone", None)
+    if backbone is not None and next(model.parameters()).device.type == "cpu":
+        backbone.to(memory_format=torch.channels_last)
 
 
 class Annotator:
@@ -317,7 +338,8 @@ class Annotator:
     def _image_used(self, item: Prepared) -> bool:
         return item.pixels is not None and bool(self.image_models)
 
-    def _pixels(self, posts: Sequence[Prepared], loaded: LoadedModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _pixels(self, posts: Sequence[Prepared],
+                loaded: LoadedModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if loaded.image_info is None or not any(p.pixels is not None for p in posts):
             return None, None
         size = loaded.image_info.image_size
@@ -357,7 +379,8 @@ class Annotator:
                 pairs = [(ents[i], ents[j]) for i, j in index_pairs]
             pair_lists[id(post)] = pairs
             for head, tail in pairs:
-                items.append(([t.text for t in post.tokens], _word_span(post.tokens, head), _word_span(post.tokens, tail)))
+                items.append(([t.text for t in post.tokens], _word_span(post.tokens, head),
+                              _word_span(post.tokens, tail)))
                 owners.append(id(post))
                 post_rows.append(k)
         result: dict[int, list[dict[str, Any]]] = {id(p): [] for p in posts}
@@ -481,7 +504,8 @@ def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
     if isinstance(raw.get("pairs"), list):
         for i, pair in enumerate(raw["pairs"]):
             if not isinstance(pair, dict) or not all(isinstance(pair.get(k), dict) for k in ("head", "tail")):
-                raise InputError(f"line {prepared.post.line}: pairs[{i}] must be {{\"head\": {{...}}, \"tail\": {{...}}}}")
+                raise InputError(f"line {prepared.post.line}: pairs[{i}] must be "
+                                 f"{{\"head\": {{...}}, \"tail\": {{...}}}}")
             pairs.append((_entity_from(pair["head"], text), _entity_from(pair["tail"], text)))
     elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
         pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))

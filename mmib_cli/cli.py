@@ -126,10 +126,13 @@ def relations(obj: dict, input_path: str, **options: Any) -> None:
 
 
 def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
+    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
     from mmib_cli.pipeline import PipelineOptions, run_pipeline
 
-    opts = _run(PipelineOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
-    summary = _run(run_pipeline, opts)
+    ray_options = _run(RayOptions.from_cli, options)  # pops --engine/--address/...; None for --engine local
+    build = PipelineOptions.from_cli if ray_options is None else ray_pipeline_options
+    opts = _run(build, task=task, input_path=input_path, online=obj.get("online"), **options)
+    summary = _run(run_pipeline, opts) if ray_options is None else _run(run_ray, opts, ray_options)
     sys.exit(int(summary.exit_code))
 
 
@@ -145,18 +148,22 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--config", "config_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a model/training setting, e.g. --config beta_ar=0.1 (repeatable).")
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Maximum number of epochs.")
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Training examples per step.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the text encoder.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the MMIB layers.")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.06, show_default=True)
-@click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.06, show_default=True,
+              help="Fraction of the steps with a linear learning-rate warm-up.")
+@click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
+              help="Steps whose gradients are accumulated before each optimizer update.")
 @click.option("--patience", type=click.IntRange(1), default=3, show_default=True,
               help="Stop after this many epochs without a better valid F1.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of python, numpy and torch.")
 @click.option("--max-train", type=click.IntRange(1), default=None, help="Use only the first N training examples.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/last/ if present.")
-@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
+              help="DataLoader worker processes (image decoding).")
 @device_options
 @click.pass_obj
 def train(obj: dict, task: str, **options: Any) -> None:
@@ -177,7 +184,8 @@ def train(obj: dict, task: str, **options: Any) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Examples per forward pass.")
 @device_options
 @click.pass_obj
 def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, output_json: str | None,

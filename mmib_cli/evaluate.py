@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,18 @@ from mmib_cli.inference import predict_ner, predict_re
 logger = logging.getLogger(__name__)
 
 
-def _load_pixels(examples: Examples, image_info: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if image_info is None or examples.images_found == 0:
+EVAL_CHUNK_POSTS = 256  # posts whose decoded images are held in memory at once
+
+
+def _load_pixels(paths: list[Path | None], image_info: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Decode the images of some posts: `(pixel_values (n,3,S,S), image_present (n,))`, or (None, None)."""
+    if image_info is None or not any(p is not None for p in paths):
         return None, None
     from mmib_cli.io.images import load_image
 
-    pixels = torch.zeros((len(examples.image_paths), 3, image_info.image_size, image_info.image_size))
-    present = torch.zeros(len(examples.image_paths), dtype=torch.bool)
-    for i, path in enumerate(examples.image_paths):
+    pixels = torch.zeros((len(paths), 3, image_info.image_size, image_info.image_size))
+    present = torch.zeros(len(paths), dtype=torch.bool)
+    for i, path in enumerate(paths):
         if path is None:
             continue
         try:
@@ -31,21 +36,32 @@ def _load_pixels(examples: Examples, image_info: Any) -> tuple[torch.Tensor | No
     return pixels, present
 
 
-def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32) -> dict[str, Any]:
-    """Predict every example with `loaded` and score against the gold labels."""
+def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32,
+                   chunk_posts: int = EVAL_CHUNK_POSTS) -> dict[str, Any]:
+    """Predict every example with `loaded` and score against the gold labels.
+
+    Posts are predicted `chunk_posts` at a time, so only that many decoded images are in memory at once.
+    """
     from mmib_cli.metrics import ner_scores, re_scores
 
-    pixels, present = _load_pixels(examples, loaded.image_info)
-    if examples.task == "ner":
-        preds = predict_ner(loaded, examples.windows_per_post, batch_size=batch_size, pixel_values=pixels,
-                            image_present=present)
-        metrics = ner_scores(examples.gold, [p.tags for p in preds])
-    else:
-        probs = predict_re(loaded, examples.windows, batch_size=batch_size, pixel_values=pixels,
-                           image_present=present)
-        labels = loaded.model.config.labels
-        metrics = re_scores(examples.gold, [labels[i] for i in probs.argmax(dim=-1).tolist()])
-    metrics["images_used"] = int(present.sum()) if present is not None else 0
+    labels = loaded.model.config.labels
+    predicted: list[Any] = []
+    images_used = 0
+    for start in range(0, len(examples.windows_per_post), max(1, chunk_posts)):
+        posts = examples.windows_per_post[start: start + chunk_posts]
+        pixels, present = _load_pixels(examples.image_paths[start: start + chunk_posts], loaded.image_info)
+        images_used += int(present.sum()) if present is not None else 0
+        # windows index their post's image by `post`: make it relative to this chunk
+        rebased = [[replace(w, post=w.post - start) for w in windows] for windows in posts]
+        if examples.task == "ner":
+            preds = predict_ner(loaded, rebased, batch_size=batch_size, pixel_values=pixels, image_present=present)
+            predicted.extend(p.tags for p in preds)
+        else:
+            probs = predict_re(loaded, [windows[0] for windows in rebased], batch_size=batch_size,
+                               pixel_values=pixels, image_present=present)
+            predicted.extend(labels[i] for i in probs.argmax(dim=-1).tolist())
+    metrics = ner_scores(examples.gold, predicted) if examples.task == "ner" else re_scores(examples.gold, predicted)
+    metrics["images_used"] = images_used
     metrics["examples"] = len(examples.gold)
     return metrics
 

@@ -14,6 +14,7 @@ import torch
 from mmib_cli.text import word_shape
 
 MARKERS = ("[unused0]", "[unused1]", "[unused2]", "[unused3]")  # <s> </s> <o> </o> around head and tail
+PUNCT_MARKERS = ("<", ">", "[", "]")  # pretrained punctuation pieces: distinct, trained embeddings
 MAX_PIECES_PER_WORD = 16  # only the first piece is labelled; the rest is context
 
 
@@ -36,12 +37,15 @@ class Featurizer:
     """Turns word lists into model windows with a fast HF tokenizer (one tokenizer call per batch).
 
     Args:
-        tokenizer: a fast BERT-family tokenizer whose vocab has `[unused0..3]` (used as entity markers).
+        tokenizer: a fast BERT-family tokenizer whose vocab has the four marker tokens.
         max_length: pieces per window, including `[CLS]` and `[SEP]`.
         stride: pieces of overlap between consecutive NER windows.
+        markers: RE tokens inserted before/after the head and before/after the tail (`MARKERS` or
+            `PUNCT_MARKERS`; the [unused] pieces of uncased BERT vocabularies were never trained and look alike).
     """
 
-    def __init__(self, tokenizer: Any, *, max_length: int = 128, stride: int = 32) -> None:
+    def __init__(self, tokenizer: Any, *, max_length: int = 128, stride: int = 32,
+                 markers: Sequence[str] = MARKERS) -> None:
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {max_length}")
         if not 0 <= stride < max_length // 2:
@@ -53,9 +57,11 @@ class Featurizer:
         self.sep_id = tokenizer.sep_token_id
         self.pad_id = tokenizer.pad_token_id or 0
         self.unk_id = tokenizer.unk_token_id
-        self.marker_ids = [tokenizer.convert_tokens_to_ids(m) for m in MARKERS]
+        if len(markers) != 4:
+            raise ValueError(f"markers must be 4 tokens (head start/end, tail start/end), got {markers!r}")
+        self.marker_ids = [tokenizer.convert_tokens_to_ids(m) for m in markers]
         if any(i is None or i == self.unk_id for i in self.marker_ids):
-            raise ValueError(f"tokenizer vocab lacks the marker tokens {MARKERS}")
+            raise ValueError(f"tokenizer vocab lacks the marker tokens {tuple(markers)}")
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
@@ -164,8 +170,6 @@ class Featurizer:
                     if w == last:
                         ids.append(self.marker_ids[marker])
                         shape_ids.append(0)
-            ids.append(self.sep_id)
-            shape_ids.append(0)
             ids, shape_ids = ids[: self.max_length - 1] + [self.sep_id], shape_ids[: self.max_length - 1] + [0]
             windows.append(Window(ids, shape_ids, labels=[labels[k]] if labels is not None else None,
                                   head_index=min(head_index, self.max_length - 2),

@@ -48,6 +48,15 @@ def pipeline_options(func: F) -> F:
         click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bar on a terminal (plain periodic log lines otherwise)."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this machine; ray: Ray Data (pip install \"mmib[ray]\"), -o is then a directory "
+                          "of JSONL shards."),
+        click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+                     help="(--engine ray) Ray cluster to join (default: start a local Ray instance)."),
+        click.option("--concurrency", type=click.IntRange(1), default=None,
+                     help="(--engine ray) annotator actors, each loading the model once (default: autoscale)."),
+        click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
+                     help="(--engine ray) GPUs per annotator actor, e.g. 1 or 0.5 (default 0: CPU)."),
     ]
     for opt in reversed(opts):
         func = opt(func)

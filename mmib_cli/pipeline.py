@@ -249,7 +249,8 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
         summary.exit_code = ExitCode.PARTIAL
     logger.info("%s", summary.line())
     if summary.error_types:
-        logger.warning("error records by type: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.error_types.items())))
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_types.items()))
+        logger.warning("error records by type: %s", counts)
     return summary
 
 
@@ -260,7 +261,7 @@ def _check_tasks(annotator: Annotator, opts: PipelineOptions) -> None:
     missing = [task for task, needed, part in (("ner", needs_ner, annotator.ner), ("re", needs_re, annotator.re))
                if needed and part is None]
     if missing:
-        what = " and ".join(f"an {'entity' if t == 'ner' else 'relation'} ({t}) model" for t in missing)
+        what = " and ".join("an entity (ner) model" if t == "ner" else "a relation (re) model" for t in missing)
         raise InvalidCheckpoint(f"model {annotator.model_label} has no {what}, which `mmib {opts.task}"
                                 f"{' --relations' if opts.relations else ''}` needs; pass a bundle with ner/ and re/ "
                                 "parts to --model (see `mmib models`)")

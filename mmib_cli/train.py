@@ -142,6 +142,8 @@ def train(opts: TrainOptions) -> TrainResult:
         loaded.model.train()
     else:
         image_spec = parse_image_encoder(opts.image_encoder)
+        if opts.images and not Path(opts.images).is_dir():
+            raise ValueError(f"--images {opts.images}: no such directory")
         images_found = bool(opts.images and any(Path(opts.images).iterdir()))
         config = make_config(opts, images_found=images_found and image_spec["source"] != "none")
         loaded = build_model(config, load_image_backbone=config.trained_with_images)
@@ -152,6 +154,10 @@ def train(opts: TrainOptions) -> TrainResult:
     valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
     logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
                 len(train_set.gold), len(valid_set.gold), train_set.images_found)
+    if not resuming and model.config.trained_with_images and train_set.images_found == 0:
+        # no training post has its picture there: the image path would stay untrained, so never use it
+        logger.warning("no training image found in %s: training text-only", opts.images)
+        model.config.trained_with_images = False
     image_info = loaded.image_info if model.config.trained_with_images else None
     generator = torch.Generator().manual_seed(opts.seed)
     loader = DataLoader(WindowDataset(train_set, image_info), batch_size=opts.batch_size, shuffle=True,
@@ -168,11 +174,12 @@ def train(opts: TrainOptions) -> TrainResult:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state.update(json.loads((last_dir / "trainer_state.json").read_text()))
+        if "best_valid" not in state and (out / "metrics.json").is_file():  # trainer state of an older mmib
+            state["best_valid"] = json.loads((out / "metrics.json").read_text()).get("valid")
         logger.info("resuming after epoch %d (best valid F1 %.2f)", state["epoch"], state["best_f1"])
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    best = {}
     for epoch in range(state["epoch"] + 1, opts.epochs + 1):
         seed_everything(opts.seed + epoch)
         generator.manual_seed(opts.seed + epoch)
@@ -191,7 +198,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     optimizer.zero_grad(set_to_none=True)
                 for key in totals:
                     value = getattr(output, key)
-                    totals[key] += float(value) if value is not None else 0.0
+                    totals[key] += float(value.detach()) if value is not None else 0.0
                 progress.advance()
         model.eval()
         metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
@@ -202,26 +209,31 @@ def train(opts: TrainOptions) -> TrainResult:
         logger.info("epoch %d: %s", epoch, json.dumps(record))
         improved = metrics["f1"] > state["best_f1"]
         if improved:
-            state.update(best_f1=metrics["f1"], best_epoch=epoch, bad_epochs=0)
-            best = metrics
-            _save(loaded, out, opts, state, metrics)
+            state.update(best_f1=metrics["f1"], best_epoch=epoch, bad_epochs=0, best_valid=metrics)
+            _save(loaded, out, opts)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
+        _write_metrics(out, state)
         _save_last(loaded, last_dir, optimizer, scheduler, state)
         if state["bad_epochs"] >= opts.patience:
             logger.info("early stop: no valid improvement for %d epochs", opts.patience)
             break
-    if not best:
-        best = json.loads((out / "metrics.json").read_text()).get("valid", {}) if (out / "metrics.json").exists() else {}
-    return TrainResult(out, state["best_epoch"], best, state["history"], time.perf_counter() - start)
+    return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],
+                       time.perf_counter() - start)
 
 
-def _save(loaded: LoadedModel, out: Path, opts: TrainOptions, state: dict, metrics: dict) -> None:
+def _save(loaded: LoadedModel, out: Path, opts: TrainOptions) -> None:
     dtype = torch.float16 if opts.save_dtype == "float16" else None
     save_model(loaded, out, dtype=dtype)
     (out / "training_args.json").write_text(json.dumps(asdict(opts), indent=2, default=str) + "\n")
-    (out / "metrics.json").write_text(json.dumps({"best_epoch": state["best_epoch"], "valid": metrics,
+
+
+def _write_metrics(out: Path, state: dict) -> None:
+    """metrics.json: the best epoch's valid metrics (the saved checkpoint's) and the history of every epoch."""
+    if not (out / "config.json").is_file():  # nothing saved yet
+        return
+    (out / "metrics.json").write_text(json.dumps({"best_epoch": state["best_epoch"], "valid": state.get("best_valid"),
                                                   "history": state["history"]}, indent=2) + "\n")
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub unless a test opts in explicitly
+# The tiny test models gain nothing from intra-op threads, and on a busy machine (2 cores shared with a training job)
+# torch's default 2 threads made a 64x128 matmul ~400x slower than one thread. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json
 from pathlib import Path
@@ -178,3 +181,73 @@ def tiny_text_only_ner(tiny_bert_dir, tmp_path_factory) -> Path:
     """A tiny NER checkpoint trained without images (the default checkpoint's situation)."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ner-text") / "ner", "ner", tiny_bert_dir,
                                  with_images=False)
+
+
+@pytest.fixture(scope="session")
+def schema_validator():
+    """A jsonschema validator of the shipped output schema (`mmib_cli/io/output.schema.json`)."""
+    import jsonschema
+
+    from mmib_cli.io.records import output_schema
+
+    schema = output_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.fixture(scope="session")
+def check_records(schema_validator):
+    """Callable checking output records: JSON Schema, exact offsets, one tag per token; returns the records."""
+
+    def check(records: list[dict]) -> list[dict]:
+        for rec in records:
+            assert isinstance(rec["line"], int) and rec["line"] >= 1
+            if "skipped" in rec:  # not in the schema yet (test_pipeline.py::test_skipped_line_matches_the_schema)
+                assert set(rec) == {"id", "line", "skipped"}
+                continue
+            errors = [e.message for e in schema_validator.iter_errors(rec)]
+            assert not errors, (rec, errors)
+            if "error" in rec:
+                continue
+            text = rec["text"]
+            assert len(rec["bio"]) == len(rec["tokens"])
+            spans = rec["tokens"] + rec["entities"] + [r[k] for r in rec.get("relations", []) for k in ("head", "tail")]
+            for span in spans:
+                assert text[span["start"]:span["end"]] == span["text"]
+        return records
+
+    return check
+
+
+def write_bomb_png(path: Path, side: int = 10_000) -> Path:
+    """A valid, fully decodable 1-bit PNG of side x side pixels (1e8 > Pillow's 89.5M limit) in ~12 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hard_images(sample_images, tmp_path_factory) -> dict[str, Path]:
+    """`sample_images` plus a truncated JPEG, an EXIF-rotated JPEG (orientation 6) and a decompression-bomb PNG."""
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("hard-images")
+    paths = dict(sample_images)
+    data = sample_images["red"].read_bytes()
+    paths["truncated"] = out / "truncated.jpg"
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    paths["exif"] = out / "exif.jpg"
+    Image.new("RGB", (64, 32), (200, 20, 20)).save(paths["exif"], exif=exif)
+    paths["bomb"] = write_bomb_png(out / "bomb.png")
+    return paths

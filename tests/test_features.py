@@ -78,7 +78,8 @@ def test_collate_shapes_and_padding(featurizer):
     flat = [w for ws in windows for w in ws]
     batch = featurizer.collate(flat, "ner")
     length = max(len(w.input_ids) for w in flat)
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["word_shape_ids"].shape == (len(flat), length)
+    for key in ("input_ids", "attention_mask", "word_shape_ids"):
+        assert batch[key].shape == (len(flat), length)
     assert batch["attention_mask"].sum(1).tolist() == [len(w.input_ids) for w in flat]
     assert batch["word_index"].shape == batch["word_mask"].shape
     assert batch["word_mask"].sum(1).tolist() == [len(w.word_index) for w in flat]
@@ -162,11 +163,18 @@ def test_re_markers_at_the_right_positions(featurizer):
     assert all(i == featurizer.sep_id for i in ids[ids.index(m["te"]) + 1:])
 
 
-@pytest.mark.xfail(strict=True, reason="encode_re_batch appends a second [SEP] to every window shorter than "
-                   "max_length; fixing it changes RE inputs of checkpoints trained with it (reported, not fixed)")
 def test_re_window_ends_with_a_single_sep(featurizer):
     window = featurizer.encode_re(["Obama", "met", "Biden"], (0, 1), (2, 3))
-    assert window.input_ids.count(featurizer.sep_id) == 1
+    assert window.input_ids.count(featurizer.sep_id) == 1 and window.input_ids[-1] == featurizer.sep_id
+
+
+@pytest.mark.parametrize("markers", [("<", ">", "[", "]")])
+def test_re_custom_markers(tokenizer, markers):
+    featurizer = Featurizer(tokenizer, max_length=16, stride=4, markers=markers)
+    words = ["Kawhi", "Leonard", "plays", "for", "the", "Raptors"]
+    window = featurizer.encode_re(words, (0, 2), (5, 6))
+    assert tokenizer.convert_ids_to_tokens(featurizer.marker_ids) == list(markers)
+    _check_markers(featurizer, words, (0, 2), (5, 6), window)
     # tail before head works too
     window = featurizer.encode_re(words, (5, 6), (0, 1))
     _check_markers(featurizer, words, (5, 6), (0, 1), window)

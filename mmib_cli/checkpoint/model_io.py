@@ -46,7 +46,8 @@ def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel
         backbone, image_info = build_image_backbone(config.image_encoder)
     apply_encoder_tuning(text_encoder, config.encoder_tuning)
     model = MMIBModel(config, text_encoder, backbone)
-    featurizer = Featurizer(tokenizer, max_length=config.max_length, stride=config.stride)
+    featurizer = Featurizer(tokenizer, max_length=config.max_length, stride=config.stride,
+                            markers=config.entity_markers)
     return LoadedModel(model, featurizer, image_info)
 
 
@@ -142,9 +143,15 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dty
     config = MMIBConfig.from_dict({k: v for k, v in raw_config.items() if k not in CHECKPOINT_KEYS})
     with_images = config.trained_with_images or not for_inference
     loaded = build_model(config, load_image_backbone=with_images)
-    result = loaded.model.load_state_dict(state, strict=False)
+    try:
+        result = loaded.model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape for the configured architecture
+        raise InvalidCheckpoint(f"checkpoint {directory} does not match its config: {exc}") from None
     base_prefixes = (TEXT_PREFIX,) + ((IMAGE_PREFIX,) if loaded.image_info and loaded.image_info.pinned else ())
-    missing = [k for k in result.missing_keys if not k.startswith(base_prefixes)]
+    # base-encoder tensors may be absent (rebuilt from the base), except those training changes (fine-tuned
+    # layers, LoRA adapters, a tuned backbone): without them the base values would silently stand in
+    trained = {name for name, param in loaded.model.named_parameters() if param.requires_grad}
+    missing = [k for k in result.missing_keys if not k.startswith(base_prefixes) or k in trained]
     unexpected = [k for k in result.unexpected_keys if not (k.startswith(IMAGE_PREFIX) and not with_images)]
     if missing or unexpected:
         raise InvalidCheckpoint(

@@ -108,6 +108,8 @@ class MMIBConfig:
         image_encoder: spec of the image backbone (opaque here; see ``encoders.build_image_backbone``).
         max_length: sub-word pieces per window, special tokens included. Default 128.
         stride: overlap (pieces) between consecutive NER windows of a long post. Default 32.
+        entity_markers: RE only: the four tokens inserted before/after the head and the tail (opaque here; see
+            ``features.Featurizer``). Default the ``[unused0..3]`` pieces.
         encoder_tuning: how training treats the text encoder (opaque here, e.g. ``"full"``). Default ``"full"``.
 
     Raises:
@@ -141,6 +143,7 @@ class MMIBConfig:
     max_length: int = 128
     stride: int = 32
     encoder_tuning: str = "full"
+    entity_markers: list[str] = field(default_factory=lambda: ["[unused0]", "[unused1]", "[unused2]", "[unused3]"])
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -1,0 +1,493 @@
+"""Scale-out on Ray Data: `mmib annotate INPUT -o OUTPUT_DIR --engine ray` (optional extra `pip install "mmib[ray]"`).
+
+This is the only module that imports ray, and only inside functions, so mmib works without it. A run has three
+Ray Data stages:
+
+1. read: one task streams INPUT (a local/shared path or a pyarrow URI such as `s3://...`) through the same
+   `read_lines` as the local pipeline, so blank lines, malformed JSON and over-long lines behave identically and keep
+   their physical line numbers; each row is `{"line": int, "record": JSON text, "error": JSON text}`;
+2. annotate: `RayAnnotator` actors (model loaded once per actor, optionally a GPU each) run the local pipeline's
+   `prepare` + `Annotator.process` on each batch and return `{"line": int, "record": output line bytes}`;
+3. write: tasks write `OUTPUT_DIR/part-<first line>.jsonl` shards (each sorted by line, bytes exactly as
+   `mmib_cli.io.jsonl.dumps_line`), through a temporary name so a shard with its final name is complete, and
+   return their counts, which add up to the same `RunSummary` as the local pipeline.
+
+The union of the shards is the local pipeline's output (sort by `line` to get input order).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmib_cli.errors import ExitCode, MMIBError, OutputExists
+from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
+from mmib_cli.io.records import ErrorRecord
+
+if TYPE_CHECKING:  # the pipeline imports torch: the reader and writer tasks do without it
+    from mmib_cli.pipeline import PipelineOptions, RunSummary
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ENGINES", "RayAnnotator", "RayOptions", "ray_pipeline_options", "run_ray"]
+
+ENGINES = ("local", "ray")
+"""Values of `--engine`."""
+
+SHARD_PREFIX = "part-"
+SHARD_SUFFIX = ".jsonl"
+_READ_BLOCK_LINES = 1024  # rows per block yielded by the reader
+
+
+@dataclass
+class RayOptions:
+    """How `run_ray` uses Ray (see `mmib annotate --help`).
+
+    Attributes:
+        address: Ray cluster to join (`auto`, `ray://HOST:10001`, `HOST:6379`); None starts a local Ray instance
+            (or joins `$RAY_ADDRESS`). Ignored when `ray.init` was already called in this process.
+        concurrency: annotator actors (each loads the model once); None autoscales between 1 and what the cluster
+            holds (its GPUs / `gpus_per_worker`, else its CPUs).
+        gpus_per_worker: GPUs per annotator actor (fractions share a GPU); 0 runs the actors on CPU.
+        rows_per_file: most output lines per shard file.
+    """
+
+    address: str | None = None
+    concurrency: int | None = None
+    gpus_per_worker: float = 0.0
+    rows_per_file: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
+
+    @classmethod
+    def from_cli(cls, options: dict[str, Any]) -> "RayOptions | None":
+        """Pop `engine`, `address`, `concurrency`, `gpus_per_worker` from CLI options.
+
+        Returns:
+            RayOptions for `--engine ray`, None for `--engine local`.
+
+        Raises:
+            ValueError: a Ray option was given without `--engine ray`, or a value is out of range.
+        """
+        engine = options.pop("engine", None) or "local"
+        values = {key: options.pop(key, None) for key in ("address", "concurrency", "gpus_per_worker")}
+        if engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine == "local":
+            given = [f"--{key.replace('_', '-')}" for key, value in values.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with --engine ray")
+            return None
+        return cls(address=values["address"], concurrency=values["concurrency"],
+                   gpus_per_worker=float(values["gpus_per_worker"] or 0.0))
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def ray_pipeline_options(**options: Any) -> PipelineOptions:
+    """`PipelineOptions` for the Ray engine: like `PipelineOptions.from_cli`, but INPUT may be a URI (`s3://...`)
+    and `-o` names an output directory (or URI); local paths are made absolute so that every worker sees the same.
+
+    Raises:
+        ValueError: stdin/stdout, `--resume`, a missing local input file, or a bad `--shard`.
+    """
+    from mmib_cli.pipeline import PipelineOptions, parse_shard
+
+    shard = options.pop("shard", None)
+    input_path, output = str(options["input_path"]), str(options["output"])
+    if input_path == "-" or output == "-":
+        raise ValueError("--engine ray reads a file and writes a directory of shards: stdin/stdout (-) are not "
+                         "supported")
+    if options.get("resume"):
+        raise ValueError("--resume is not supported with --engine ray; rerun with --force (finished shards are "
+                         "rewritten)")
+    if not _is_uri(input_path):
+        if not Path(input_path).is_file():
+            raise ValueError(f"input {input_path} does not exist or is not a file")
+        options["input_path"] = str(Path(input_path).resolve())
+    if not _is_uri(output):
+        options["output"] = str(Path(output).resolve())
+    if options.get("image_root") and not _is_uri(str(options["image_root"])):
+        options["image_root"] = str(Path(options["image_root"]).resolve())
+    return PipelineOptions(shard=parse_shard(shard) if shard else None, **options)
+
+
+# -- the annotate stage ---------------------------------------------------------------------------------------
+class RayAnnotator:
+    """Callable class for `ray.data.Dataset.map_batches`: annotates batches exactly like the local pipeline.
+
+    The model is loaded once per actor. A batch (`batch_format="numpy"`) holds the columns `line` (1-based input
+    line), `record` (the input object as JSON text) and `error` (JSON `[id, line, type, message]` of a line that
+    could not be read, else empty), as written by the reader of `run_ray` (`encode_line` builds one row). The
+    output batch holds `line` and `record`: the output line as UTF-8 bytes, newline included, exactly as the local
+    pipeline writes it.
+
+    Example:
+        >>> ds.map_batches(RayAnnotator, fn_constructor_kwargs={"model": "mmib-default"}, batch_size=128,
+        ...                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1)
+
+    Args:
+        model: registry name, checkpoint directory or hub id (resolvable on every worker).
+        mode: `annotate`, `annotate+relations` or `relations`.
+        relation_settings: `RelationSettings` fields.
+        prepare_settings: `PrepareSettings` fields except the image preprocessing (taken from the model).
+        device, dtype, online, batch_size, max_tokens: as for `Annotator.from_pretrained`.
+    """
+
+    def __init__(self, model: str = "mmib-default", *, mode: str = "annotate",
+                 relation_settings: Mapping[str, Any] | None = None,
+                 prepare_settings: Mapping[str, Any] | None = None, device: str = "auto", dtype: str = "auto",
+                 online: bool | None = None, batch_size: int = 32, max_tokens: int = 8192) -> None:
+        from mmib_cli.offline import configure_network
+
+        configure_network(online)  # before transformers is imported in this worker
+        from mmib_cli.annotate import Annotator, RelationSettings
+        from mmib_cli.console import quiet_transformers
+
+        quiet_transformers()  # as the CLI does: no loading bars from every actor
+
+        self.annotator = Annotator.from_pretrained(model, device=device, dtype=dtype, online=online,
+                                                   batch_size=batch_size, max_tokens=max_tokens)
+        self.settings = self.annotator.prepare_settings(**dict(prepare_settings or {}))
+        self.mode = mode
+        self.relation_settings = RelationSettings(**dict(relation_settings or {}))
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Annotate one batch (see the class docstring for the columns)."""
+        from mmib_cli.annotate import prepare
+
+        chunk = [prepare(int(line), decode_line(record, error), self.settings)
+                 for line, record, error in zip(batch["line"], batch["record"], batch["error"])]
+        records = self.annotator.process(chunk, self.mode, self.relation_settings)
+        return {"line": np.array([int(r["line"]) for r in records], dtype=np.int64),
+                "record": np.array([dumps_line(r) for r in records], dtype=object)}
+
+
+def encode_line(line: int, value: dict[str, Any] | ErrorRecord) -> dict[str, Any]:
+    """One reader row for `RayAnnotator`: a parsed input line, or the error record of an unreadable one.
+
+    JSON with ASCII escapes round-trips any parsed value (lone surrogates, NaN, key order) through Arrow strings.
+    """
+    if isinstance(value, ErrorRecord):
+        error = json.dumps([value.id, value.line, value.error_type, value.message])
+        return {"line": line, "record": "", "error": error}
+    return {"line": line, "record": json.dumps(value, ensure_ascii=True), "error": ""}
+
+
+def decode_line(record: str, error: str) -> dict[str, Any] | ErrorRecord:
+    """Inverse of `encode_line`."""
+    if error:
+        return ErrorRecord(*json.loads(error))
+    return json.loads(record)
+
+
+def _line_blocks(stream: io.BufferedIOBase, *, limit: int | None, shard: tuple[int, int] | None,
+                 block_lines: int = _READ_BLOCK_LINES) -> Iterator[Any]:
+    """Yield pyarrow tables of `encode_line` rows for the lines the local pipeline would annotate."""
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    for line, value in read_lines(stream, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
+        if limit is not None and line > limit:
+            break
+        if shard and (line - 1) % shard[1] != shard[0] - 1:
+            continue
+        rows.append(encode_line(line, value))
+        if len(rows) >= block_lines:
+            yield pa.Table.from_pylist(rows, schema=_read_schema())
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=_read_schema())
+
+
+def _read_schema() -> Any:
+    """Arrow schema of the reader rows (pyarrow comes with the ray extra)."""
+    import pyarrow as pa
+
+    return pa.schema([("line", pa.int64()), ("record", pa.large_string()), ("error", pa.large_string())])
+
+
+def _jsonl_datasource(path: str, *, limit: int | None, shard: tuple[int, int] | None) -> Any:
+    """A Ray datasource streaming one JSONL file (compression inferred from the name) as `encode_line` rows."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class JSONLLinesDatasource(FileBasedDatasource):  # defined here so ray is imported lazily
+        def __init__(self, paths: str, **kwargs: Any) -> None:
+            super().__init__(paths)
+            self._mmib_read_options = kwargs
+
+        def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
+            yield from _line_blocks(io.BufferedReader(f, 1 << 20), **self._mmib_read_options)
+
+    return JSONLLinesDatasource(path, limit=limit, shard=shard)
+
+
+# -- the write stage ------------------------------------------------------------------------------------------
+def _filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) of a local path or a URI."""
+    from pyarrow import fs as pafs
+
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def _write_shard(batch: Mapping[str, np.ndarray], *, output: str) -> dict[str, np.ndarray]:
+    """Write one batch of annotated rows as `OUTPUT/part-<first line>.jsonl`; return its counts as one row."""
+    lines, records = batch["line"], batch["record"]
+    if len(lines) == 0:
+        return {"file": np.array([], dtype=object), "summary": np.array([], dtype=object)}
+    counts = {key: 0 for key in _COUNTS} | {"error_types": {}}
+    order = np.argsort(lines, kind="stable")
+    name = f"{SHARD_PREFIX}{int(lines[order[0]]):012d}{SHARD_SUFFIX}"
+    fs, root = _filesystem(output)
+    temporary = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(temporary) as out:
+        for i in order:
+            data = bytes(records[i])
+            out.write(data)
+            _tally(counts, json.loads(data))
+    fs.move(temporary, f"{root}/{name}")  # a retried task rewrites the same name
+    return {"file": np.array([name], dtype=object), "summary": np.array([json.dumps(counts)], dtype=object)}
+
+
+_COUNTS = ("posts", "annotated", "entities", "relations", "errors", "skipped")
+
+
+def _tally(counts: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """Count one output record like `mmib_cli.pipeline._count` (kept torch-free for the writer tasks)."""
+    counts["posts"] += 1
+    if "error" in record:
+        counts["errors"] += 1
+        kind = record["error"].get("type", "Error")
+        counts["error_types"][kind] = counts["error_types"].get(kind, 0) + 1
+    elif "skipped" in record:
+        counts["skipped"] += 1
+    else:
+        counts["annotated"] += 1
+        counts["entities"] += len(record.get("entities", []))
+        counts["relations"] += len(record.get("relations", []) or [])
+
+
+def _prepare_output_dir(output: str, *, force: bool) -> None:
+    """Create OUTPUT_DIR; refuse a non-empty one without --force; with --force remove its old shards.
+
+    Raises:
+        OutputExists: OUTPUT_DIR is a file, or is not empty and `force` is false.
+    """
+    from pyarrow import fs as pafs
+
+    fs, root = _filesystem(output)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise OutputExists(f"output {output} is a file; --engine ray writes a directory of JSONL shards")
+    if info.type == pafs.FileType.Directory:
+        entries = fs.get_file_info(pafs.FileSelector(root))
+        if entries and not force:
+            raise OutputExists(f"output directory {output} is not empty: pass --force to replace its shards")
+        for entry in entries:
+            base = entry.base_name
+            if entry.type == pafs.FileType.File and (
+                    (base.startswith(SHARD_PREFIX) and base.endswith(SHARD_SUFFIX))
+                    or (base.startswith(f".{SHARD_PREFIX}") and base.endswith(".tmp"))):
+                fs.delete_file(entry.path)
+    fs.create_dir(root, recursive=True)
+
+
+# -- the driver -----------------------------------------------------------------------------------------------
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MMIBError('--engine ray needs Ray Data: pip install "mmib[ray]" (or pip install "ray[data]")') from exc
+    return ray
+
+
+def _absolute(opts: PipelineOptions) -> PipelineOptions:
+    """The options with local input/output/image-root paths made absolute (workers may have another cwd)."""
+    changes = {key: str(Path(value).resolve()) for key in ("input_path", "output", "image_root")
+               if (value := getattr(opts, key)) and value != "-" and not _is_uri(value)}
+    return replace(opts, **changes)
+
+
+def _check_input(input_path: str) -> None:
+    """Fail early when INPUT is not one readable file (a local path or a URI).
+
+    Raises:
+        ValueError: INPUT does not exist or is a directory. MMIBError: its filesystem cannot be reached.
+    """
+    from pyarrow import fs as pafs
+
+    try:
+        fs, path = _filesystem(input_path)
+        info = fs.get_file_info(path)
+    except Exception as exc:  # noqa: BLE001 - any filesystem/credential problem
+        raise MMIBError(f"cannot read input {input_path}: {exc}") from exc
+    if info.type != pafs.FileType.File:
+        raise ValueError(f"input {input_path} does not exist or is not a file")
+
+
+def _check_model(opts: PipelineOptions) -> str:
+    """Resolve the model on the driver and check it has the parts the command needs; return its label.
+
+    Raises:
+        MMIBError: the model cannot be resolved, or lacks the ner/re part the command needs.
+    """
+    from mmib_cli.checkpoint.resolve import resolve_model
+    from mmib_cli.checkpoint.serialization import read_bundle, read_config
+    from mmib_cli.pipeline import _check_tasks
+
+    resolved = resolve_model(opts.model, online=opts.online)
+    parts = read_bundle(resolved.path) or {"single": resolved.path}
+    tasks = {read_config(path).get("task") for path in parts.values()}
+    _check_tasks(SimpleNamespace(ner=True if "ner" in tasks else None, re=True if "re" in tasks else None,
+                                 model_label=resolved.label), opts)  # type: ignore[arg-type]
+    return resolved.label
+
+
+def _find_mmib_error(exc: BaseException) -> MMIBError | None:
+    """The MMIBError behind a Ray task/actor failure, if any (Ray wraps exceptions raised in workers)."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MMIBError):
+            return current
+        todo.extend(getattr(current, name, None) for name in ("cause", "__cause__", "__context__"))
+    return None
+
+
+def _actor_pool(ray: Any, ray_options: RayOptions) -> Any:
+    """A fixed pool of `concurrency` actors, else one autoscaling up to what the cluster holds."""
+    if ray_options.concurrency is not None:
+        return ray.data.ActorPoolStrategy(size=ray_options.concurrency)
+    resources = ray.cluster_resources()
+    if ray_options.gpus_per_worker > 0:
+        most = int(resources.get("GPU", 0) / ray_options.gpus_per_worker)
+    else:
+        most = int(resources.get("CPU", 1))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
+
+
+def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> RunSummary:
+    """Annotate `opts.input_path` on Ray Data into JSONL shards in the directory `opts.output`.
+
+    Output records, error records and summary counts are those of `run_pipeline` on the same input; a shard named
+    `part-*.jsonl` is always complete. Joins the Ray instance this process already initialised, else
+    `ray_options.address` (starting a local one when None, shut down at the end).
+
+    Args:
+        opts: pipeline options (`ray_pipeline_options` builds them from CLI values); `resume`, `num_workers` and
+            stdin/stdout do not apply.
+        ray_options: cluster address, actor count, GPUs per actor.
+
+    Returns:
+        The run summary; `exit_code` 3 when some lines became error records, 130 when interrupted.
+
+    Raises:
+        MMIBError: Ray is not installed, the model cannot be resolved or lacks a needed part, the output directory
+            is not empty without `force` (exit 2), or the run failed on the cluster because of one of these.
+        ValueError: stdin/stdout or `--resume`, or a URI input that is not a file.
+    """
+    from mmib_cli.pipeline import RunSummary
+
+    ray_options = ray_options or RayOptions()
+    if opts.input_path == "-" or opts.output == "-" or opts.resume:
+        raise ValueError("--engine ray needs an input file and an output directory (no -, no --resume)")
+    start = time.perf_counter()
+    opts = _absolute(opts)
+    ray = _import_ray()
+    label = _check_model(opts)
+    _check_input(opts.input_path)
+    _prepare_output_dir(opts.output, force=opts.force)
+    if opts.num_workers:
+        logger.debug("--num-workers does not apply to --engine ray (records are prepared in the actors)")
+    started = not ray.is_initialized()
+    if started:
+        init_args: dict[str, Any] = {"address": ray_options.address, "logging_level": logging.WARNING}
+        if ray_options.address is None:
+            init_args["include_dashboard"] = False
+        ray.init(**init_args)
+    summary = RunSummary()
+    try:
+        dataset = _build_dataset(ray, opts, ray_options)
+        logger.info("annotating %s with %s on Ray (%s actors, %g GPU each) into %s", opts.input_path, label,
+                    ray_options.concurrency or "autoscaled", ray_options.gpus_per_worker, opts.output)
+        try:
+            for row in dataset.iter_rows():
+                _merge(summary, json.loads(row["summary"]))
+        except KeyboardInterrupt:
+            summary.exit_code = ExitCode.INTERRUPTED
+            logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
+                           opts.output)
+        except Exception as exc:
+            cause = _find_mmib_error(exc)
+            if cause is not None:
+                raise cause from exc
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - start
+    if summary.exit_code == ExitCode.OK and summary.errors:
+        summary.exit_code = ExitCode.PARTIAL
+    logger.info("%s", summary.line())
+    if summary.error_types:
+        logger.warning("error records by type: %s",
+                       ", ".join(f"{k}={v}" for k, v in sorted(summary.error_types.items())))
+    return summary
+
+
+def _build_dataset(ray: Any, opts: PipelineOptions, ray_options: RayOptions) -> Any:
+    """read → annotate (actors) → write shards; rows of the result are per-shard counts."""
+    from mmib_cli.annotate import RelationSettings
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = bool(opts.progress)
+    mode = "relations" if opts.task == "relations" else ("annotate+relations" if opts.relations else "annotate")
+    relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
+                                         keep_none=opts.keep_none, type_constraints=opts.type_constraints)
+    base_dir = Path.cwd() if _is_uri(opts.input_path) else Path(opts.input_path).parent  # as the local pipeline
+    prepare_settings = {"id_field": opts.id_field, "text_field": opts.text_field, "image_field": opts.image_field,
+                        "base_dir": base_dir, "on_missing_image": opts.on_missing_image,
+                        "image_root": Path(opts.image_root) if opts.image_root else None}
+    gpus = ray_options.gpus_per_worker
+    device = "cpu" if opts.device == "auto" and gpus == 0 else opts.device
+    dataset = ray.data.read_datasource(_jsonl_datasource(opts.input_path, limit=opts.limit, shard=opts.shard))
+    annotated = dataset.map_batches(
+        RayAnnotator,
+        fn_constructor_kwargs={"model": opts.model, "mode": mode, "relation_settings": asdict(relation_settings),
+                               "prepare_settings": prepare_settings, "device": device, "dtype": opts.dtype,
+                               "online": opts.online, "batch_size": opts.batch_size, "max_tokens": opts.max_tokens},
+        batch_size=opts.chunk_size or 4 * opts.batch_size, batch_format="numpy",
+        compute=_actor_pool(ray, ray_options), num_gpus=gpus or None)
+    return annotated.map_batches(_write_shard, fn_kwargs={"output": opts.output},
+                                 batch_size=ray_options.rows_per_file, batch_format="numpy")
+
+
+def _merge(summary: RunSummary, counts: Mapping[str, Any]) -> None:
+    for key in _COUNTS:
+        setattr(summary, key, getattr(summary, key) + int(counts[key]))
+    for kind, n in counts["error_types"].items():
+        summary.error_types[kind] = summary.error_types.get(kind, 0) + int(n)

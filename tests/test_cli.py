@@ -1,0 +1,200 @@
+"""The `mmib` command group: help and README coverage, version, info, usage errors, the README quick start."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mmib_cli import __version__
+from mmib_cli.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+NETWORK_VARS = ("MMIB_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def invoke(*args, env: dict | None = None, input: str | None = None):
+    """Run `mmib ARGS` in-process; the network variables the command sets are restored afterwards."""
+    isolated = {name: os.environ.get(name) for name in NETWORK_VARS}
+    isolated.update(env or {})
+    return CliRunner().invoke(cli, [str(a) for a in args], env=isolated, input=input, catch_exceptions=False)
+
+
+@pytest.fixture()
+def keep_hub_flag(monkeypatch):
+    """`--online/--offline` also flip huggingface_hub's frozen constant: restore it after the test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
+
+
+COMMANDS = sorted(cli.commands)
+
+
+def test_the_group_has_the_documented_commands():
+    assert {"annotate", "relations", "download", "models", "info", "train", "eval"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(name):
+    command = cli.commands[name]
+    assert command.help and command.help.strip().splitlines()[0].endswith(".")
+    assert f"mmib {name}" in README or f"`{name}`" in README
+    result = invoke(name, "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: ")
+    assert "Example" in result.stdout
+    for param in command.params:  # every option is documented
+        if isinstance(param, __import__("click").Option) and not param.hidden:
+            assert param.help or param.name in {"help"}, f"{name} {param.opts} has no help"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(flag):
+    result = invoke(flag)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"mmib, version {__version__}"
+
+
+def test_group_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+def test_python_dash_m_help_works_without_importing_torch():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "mmib_cli", "--help"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: mmib") or proc.stdout.startswith("Usage: python -m mmib_cli")
+    assert "annotate" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "mmib_cli.cli" in imported
+    assert not imported & {"torch", "transformers", "huggingface_hub"}, "--help must stay instant"
+
+
+def test_info_json_reports_truthfully(monkeypatch):
+    import torch
+
+    from mmib_cli.checkpoint.registry import models_dir
+
+    result = invoke("info", "--json", env={"MMIB_OFFLINE": None, "HF_HUB_OFFLINE": None})
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["mmib"] == __version__
+    assert facts["torch"] == torch.__version__
+    assert facts["hardware"]["cuda_available"] == torch.cuda.is_available()
+    assert facts["offline"] is True  # offline by default
+    default = facts["embedded"]["mmib-default"]
+    assert Path(default["path"]) == models_dir() / "mmib-default"
+    has_files = any(p.is_file() for p in Path(default["path"]).rglob("*")) if Path(default["path"]).is_dir() else False
+    assert default["present"] == has_files
+
+
+def test_info_online_flag_is_reported(keep_hub_flag):
+    result = invoke("--online", "info", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["offline"] is False
+    result = invoke("info", "--json", env={"MMIB_OFFLINE": "0"})
+    assert json.loads(result.stdout)["offline"] is False
+
+
+def test_info_text():
+    result = invoke("info")
+    assert result.exit_code == 0 and "mmib " + __version__ in result.stdout
+
+
+def test_models_lists_the_default():
+    result = invoke("models")
+    assert result.exit_code == 0 and "mmib-default" in result.stdout
+
+
+def _default_checkpoint_present() -> bool:
+    from mmib_cli.checkpoint.registry import models_dir
+
+    directory = models_dir() / "mmib-default"
+    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
+
+
+def test_readme_quick_start_on_the_samples(tmp_path, monkeypatch):
+    """`mmib annotate samples/posts.jsonl -o out.jsonl`, run from the repository root."""
+    assert "mmib annotate samples/posts.jsonl -o out.jsonl" in README
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out.jsonl"
+    result = invoke("annotate", "samples/posts.jsonl", "-o", out)
+    if not _default_checkpoint_present():
+        assert result.exit_code == 1
+        [message] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert "mmib-default" in message and str(Path("models") / "mmib-default") in message
+        assert "Traceback" not in result.output
+        assert not out.exists()
+    else:  # once the default checkpoint ships: every sample post is annotated (the broken image falls back to text)
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert len(records) == 14 and all("error" not in r for r in records)
+        assert [r["line"] for r in records] == list(range(1, 15))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--resume", "--force"], "--resume"),
+    (["--resume", "-o", "-"], "--resume"),
+    (["--on-missing-image", "bogus"], "--on-missing-image"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--dtype", "float8"], "--dtype"),
+    (["--limit", "0"], "--limit"),
+])
+def test_usage_errors_exit_2(args, needle, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "x"}\n')
+    if "-o" not in args:
+        args = [*args, "-o", str(tmp_path / "out.jsonl")]
+    result = invoke("annotate", src, *args)
+    assert result.exit_code == 2
+    assert needle in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_unknown_command_exits_2():
+    result = invoke("frobnicate")
+    assert result.exit_code == 2
+
+
+def test_output_is_required():
+    result = invoke("annotate", "x.jsonl")
+    assert result.exit_code == 2 and "--output" in result.stderr
+
+
+@pytest.fixture()
+def small_input(tmp_path) -> Path:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "Obama visits Berlin"}\n', encoding="utf-8")
+    return src
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "x", "1/0"])
+def test_bad_shard_is_a_usage_error(value, small_input, tmp_path):
+    result = invoke("annotate", small_input, "-o", tmp_path / "o.jsonl", "--shard", value)
+    assert result.exit_code == 2
+    assert "--shard" in result.stderr
+
+
+def test_unknown_model_is_fatal_with_a_clear_message(small_input, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = invoke("annotate", small_input, "-o", out, "-m", "no-such-model-xyz")
+    assert result.exit_code == 1
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "no-such-model-xyz" in message
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    result = invoke("annotate", tmp_path / "nope.jsonl", "-o", tmp_path / "out.jsonl")
+    assert result.exit_code == 2 and "nope.jsonl" in result.stderr
