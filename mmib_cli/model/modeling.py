@@ -150,12 +150,17 @@ class AlignmentDiscriminator(nn.Module):
     Args:
         latent_size: ``d``.
         score: ``"concat"`` -> ``Linear([z_t; z_v])`` with ``d`` outputs (one sigmoid per dimension, as the official
-            code); ``"bilinear"`` -> ``z_t^T W z_v + b``, one output.
+            code); ``"bilinear"`` -> ``(z_t^T W z_v + b) / sqrt(d)``, one output.
 
     Note: the concat logit ``W_t z_t + W_v z_v + b`` is additive, with no text-image interaction, so it cannot
     separate matched from mismatched pairs; its loss cannot go below the pairing-blind optimum (``2 log 2`` for
     ``K = 1``). Only ``"bilinear"`` actually measures alignment, so it is the config default; ``"concat"`` is kept to
     reproduce the official code.
+
+    The bilinear score is scaled by ``1 / sqrt(d)`` (as in scaled dot-product attention): unscaled, its logit grows
+    like ``|z_t| |z_v| ~ d`` (the latents have unit-scale means plus unit-scale sampling noise), so at the usual
+    ``std=0.02`` init a ``d = 256`` model starts with logits of std ~10 and an AR loss ~20 that swamps the task loss.
+    The scale is a reparameterisation of ``W`` (same function class); the discriminator is unused at inference.
     """
 
     def __init__(self, latent_size: int, score: str = "concat") -> None:
@@ -163,6 +168,7 @@ class AlignmentDiscriminator(nn.Module):
         if score not in ("concat", "bilinear"):
             raise ValueError(f"score must be 'concat' or 'bilinear', got {score!r}")
         self.score = score
+        self.scale = 1.0 / math.sqrt(latent_size)
         self.scorer: nn.Module
         if score == "concat":
             self.scorer = nn.Linear(2 * latent_size, latent_size)
@@ -181,7 +187,7 @@ class AlignmentDiscriminator(nn.Module):
         """
         if self.score == "concat":
             return self.scorer(torch.cat([z_text, z_image], dim=-1))
-        return self.scorer(z_text, z_image)
+        return self.scorer(z_text, z_image) * self.scale
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
