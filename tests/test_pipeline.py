@@ -188,7 +188,9 @@ def test_non_string_text_is_an_error_record(bad_run):
 
 def test_lone_surrogate_text_is_an_error_record(bad_run):
     rec = _error_of(bad_run, "surrogate")
-    assert rec["error"]["type"] == "InvalidInput" and "surrogate" in rec["error"]["message"]
+    # json accepts a lone surrogate escape (then the text check refuses it); orjson, which jsonlines uses when it
+    # is installed, refuses it while parsing. Either way the line is an error record naming the surrogate.
+    assert rec["error"]["type"] in ("InvalidInput", "InvalidJSON") and "surrogate" in rec["error"]["message"]
 
 
 def test_empty_text_is_annotated_with_no_tokens(bad_run):
