@@ -340,16 +340,14 @@ class Annotator:
 
     def _pixels(self, posts: Sequence[Prepared],
                 loaded: LoadedModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if loaded.image_info is None or not any(p.pixels is not None for p in posts):
+        from mmib_cli.io.images import stack_images
+
+        if loaded.image_info is None:
             return None, None
-        size = loaded.image_info.image_size
-        pixels = torch.zeros((len(posts), 3, size, size))
-        present = torch.zeros(len(posts), dtype=torch.bool)
-        for i, p in enumerate(posts):
-            if p.pixels is not None:
-                pixels[i], present[i] = p.pixels, True
-        dtype = next(loaded.model.parameters()).dtype
-        return pixels.to(dtype), present
+        pixels, present = stack_images([p.pixels for p in posts], loaded.image_info.image_size)
+        if pixels is None:
+            return None, None
+        return pixels.to(next(loaded.model.parameters()).dtype), present
 
     def _run_ner(self, posts: Sequence[Prepared], entities: dict[int, list], bio: dict[int, list[str]]) -> None:
         loaded = self.ner

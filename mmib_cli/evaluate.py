@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mmib_cli.data.datasets import Examples, read_examples
+from mmib_cli.data.datasets import Examples, read_examples, try_load_image
 from mmib_cli.inference import predict_ner, predict_re
 
 logger = logging.getLogger(__name__)
@@ -19,21 +19,11 @@ EVAL_CHUNK_POSTS = 256  # posts whose decoded images are held in memory at once
 
 def _load_pixels(paths: list[Path | None], image_info: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Decode the images of some posts: `(pixel_values (n,3,S,S), image_present (n,))`, or (None, None)."""
-    if image_info is None or not any(p is not None for p in paths):
-        return None, None
-    from mmib_cli.io.images import load_image
+    from mmib_cli.io.images import stack_images
 
-    pixels = torch.zeros((len(paths), 3, image_info.image_size, image_info.image_size))
-    present = torch.zeros(len(paths), dtype=torch.bool)
-    for i, path in enumerate(paths):
-        if path is None:
-            continue
-        try:
-            pixels[i] = load_image(path, image_size=image_info.image_size, mean=image_info.mean, std=image_info.std)
-            present[i] = True
-        except Exception as exc:  # evaluation keeps going text-only for that post
-            logger.debug("image %s unusable: %s", path, exc)
-    return pixels, present
+    if image_info is None:
+        return None, None
+    return stack_images([try_load_image(p, image_info) for p in paths], image_info.image_size)
 
 
 def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32,

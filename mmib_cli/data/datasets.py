@@ -70,33 +70,33 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Window, torch.Tensor | None]:
         window = self.examples.windows[i]
-        path = self.examples.image_paths[window.post]
-        if path is None or self.image_info is None:
-            return window, None
-        from mmib_cli.io.images import load_image
+        return window, try_load_image(self.examples.image_paths[window.post], self.image_info)
 
-        try:
-            pixels = load_image(path, image_size=self.image_info.image_size, mean=self.image_info.mean,
-                                std=self.image_info.std)
-        except Exception as exc:  # unreadable training image: train that row text-only
-            logger.debug("image %s unusable: %s", path, exc)
-            return window, None
-        return window, pixels
+
+def try_load_image(path: Path | None, image_info: Any | None) -> torch.Tensor | None:
+    """Decode a labelled example's image, or None when it has none or it is unusable (that row goes text-only)."""
+    if path is None or image_info is None:
+        return None
+    from mmib_cli.io.images import ImageError, load_image
+
+    try:
+        return load_image(path, image_size=image_info.image_size, mean=image_info.mean, std=image_info.std)
+    except ImageError as exc:
+        logger.debug("image %s unusable: %s", path, exc)
+        return None
 
 
 def make_collate(featurizer: Featurizer, task: str, image_size: int | None):
     """Collate function for WindowDataset rows: padded text tensors + pixel_values/image_present."""
 
     def collate(rows: list[tuple[Window, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+        from mmib_cli.io.images import stack_images
+
         batch = featurizer.collate([w for w, _ in rows], task)
-        if image_size is not None and any(p is not None for _, p in rows):
-            pixels = torch.zeros((len(rows), 3, image_size, image_size))
-            present = torch.zeros(len(rows), dtype=torch.bool)
-            for i, (_, p) in enumerate(rows):
-                if p is not None:
-                    pixels[i] = p
-                    present[i] = True
-            batch.update(pixel_values=pixels, image_present=present)
+        if image_size is not None:
+            pixels, present = stack_images([p for _, p in rows], image_size)
+            if pixels is not None:
+                batch.update(pixel_values=pixels, image_present=present)
         return batch
 
     return collate

@@ -253,3 +253,19 @@ def load_image(
         return preprocess_image(im, image_size=image_size, mean=mean, std=std)
     except (ValueError, OSError) as exc:
         raise ImageError(f"image {path} cannot be resized ({type(exc).__name__}: {exc})") from exc
+
+
+def stack_images(images: Sequence[torch.Tensor | None],
+                 image_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Stack per-post image tensors into a batch: `(pixels (B,3,S,S), present (B,) bool)`.
+
+    Posts without an image get zeros and `present=False`; `(None, None)` when no post has an image.
+    """
+    if not any(image is not None for image in images):
+        return None, None
+    pixels = torch.zeros((len(images), 3, image_size, image_size))
+    present = torch.zeros(len(images), dtype=torch.bool)
+    for i, image in enumerate(images):
+        if image is not None:
+            pixels[i], present[i] = image, True
+    return pixels, present
