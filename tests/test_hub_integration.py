@@ -179,3 +179,11 @@ def test_missing_repo_and_revision_exit_1(hub: FakeHub) -> None:
     assert "no repo org/missing" in result.stderr
     result = invoke(["--online", "download", f"{REPO}@nope"], expect=1)
     assert "revision 'nope' not found" in result.stderr
+
+
+def test_unauthorised_download_exit_1_then_token_works(hub: FakeHub) -> None:
+    hub.token = "secret-token"
+    result = invoke(["--online", "download", REPO], expect=1)
+    assert "--token" in result.stderr and "Traceback" not in result.stderr
+    result = invoke(["--online", "download", REPO, "--token", "secret-token"], expect=0)
+    assert (Path(result.stdout.strip()) / "bundle.json").is_file()
