@@ -9,8 +9,8 @@ For each model configuration, in one process and on the same loaded model object
 * **bound**: the same model's `forward` alone on the same posts, already tokenised, collated into the same batches
   (same chunking, length sorting and batch size), images already decoded, every tensor already on the device.
 
-Runs alternate (bound, pipeline, bound, pipeline...) and the best of `--repeat` runs of each is kept, so a noisy
-machine hurts both sides alike. Ratios are the result; absolute times depend on the machine.
+Runs come in adjacent (bound, pipeline) pairs, alternating which goes first; the reported ratio is the median of
+the `--repeat` pair ratios, so a noisy machine hurts both sides of a ratio alike. Ratios are the result; absolute times depend on the machine.
 
 Example:
     python benchmarks/throughput.py --posts 1000 --paper-posts 200
@@ -134,7 +134,7 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
 
 
 def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Load the `kind` model and time bound and pipeline on `n` posts (best of `args.repeat` each)."""
+    """Load the `kind` model and time bound and pipeline on `n` posts (medians of `args.repeat` pairs)."""
     import torch
 
     from mmib_cli.annotate import Annotator
@@ -153,25 +153,29 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     padded = sum(b["attention_mask"].numel() for b in batches)
     images = sum(int(b["image_present"].sum()) for b in batches if "image_present" in b)
     time_bound(model, batches[: max(1, len(batches) // 10)], device)  # warm-up (allocator, kernels)
-    bound, pipe = [], []
-    for r in range(args.repeat):
-        bound.append(time_bound(model, batches, device))
-        profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile and r == 0 else None
-        pipe.append(time_pipeline(annotator, posts, work, args, profile))
+    def paired(workers: int | None = None, threads: int | None = None, profile: Path | None = None) -> dict:
+        """`--repeat` adjacent (bound, pipeline) pairs, alternating which runs first; median of the pair ratios."""
+        runs = []
+        for r in range(args.repeat):
+            first_bound = r % 2 == 0
+            b = time_bound(model, batches, device) if first_bound else None
+            p = time_pipeline(annotator, posts, work, args, profile if r == 0 else None, workers, threads)
+            b = b if first_bound else time_bound(model, batches, device)
+            runs.append((b, p))
+        return {"bound_s": statistics.median(b for b, _ in runs), "pipeline_s": statistics.median(p for _, p in runs),
+                "ratio": statistics.median(b / p for b, p in runs), "runs": runs}
+
+    profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile else None
+    main_runs = paired(profile=profile)
     sweep = []
     if args.sweep and kind == "default":
         for threads, workers in args.sweep:
-            pair = []
-            for _ in range(args.repeat):
-                pair.append((time_bound(model, batches, device),
-                             time_pipeline(annotator, posts, work, args, workers=workers, threads=threads)))
-            sweep.append({"threads": threads, "workers": workers, "bound_s": min(b for b, _ in pair),
-                          "pipeline_s": min(p for _, p in pair), "runs": pair})
+            sweep.append({"threads": threads, "workers": workers, **paired(workers, threads)})
     del batches
-    best_bound, best_pipe = min(bound), min(pipe)
     result = {"model": kind, "posts": count, "windows_images": images, "pieces": pieces, "padded_pieces": padded,
-              "load_s": load_s, "bound_posts_s": count / best_bound, "pipeline_posts_s": count / best_pipe,
-              "ratio": best_bound / best_pipe, "bound_runs_s": bound, "pipeline_runs_s": pipe,
+              "load_s": load_s, "bound_posts_s": count / main_runs["bound_s"],
+              "pipeline_posts_s": count / main_runs["pipeline_s"], "ratio": main_runs["ratio"],
+              "runs": main_runs["runs"],
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
               "chunk": chunk_size(args), "sweep": sweep}
     del annotator, model
@@ -200,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-fraction", type=float, default=0.5)
     parser.add_argument("--encoder-tuning", default="lora:16",
                         help="text-encoder tuning of the benchmark checkpoints (the default model uses lora:16)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is kept (default 2)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="adjacent (bound, pipeline) pairs per setting; medians are reported (default 3)")
     parser.add_argument("--profile", default=None, help="write a pyinstrument profile of the first pipeline run "
                                                         "to PROFILE.<model>.txt")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"code under test: {SRC}")
     print(f"batch size {args.batch_size}, chunk {results[0]['chunk']} posts, device {args.device}, workers "
           f"{args.num_workers if args.num_workers is not None else 'pipeline default'}, "
-          f"images on {args.image_fraction:.0%} of posts, best of {args.repeat}\n")
+          f"images on {args.image_fraction:.0%} of posts; medians of {args.repeat} adjacent (bound, pipeline) "
+          "pairs\n")
     rows = [(r["model"], r["dtype"], r["posts"], r["threads"], f"{r['pieces'] / r['padded_pieces']:.2f}",
              f"{r['bound_posts_s']:.1f}", f"{r['pipeline_posts_s']:.1f}", f"{r['ratio']:.2f}", f"{r['load_s']:.1f}")
             for r in results]
@@ -242,11 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## torch threads x pipeline workers (default model; bound at {bound_threads} threads)\n")
         print(table(["torch threads", "workers", "bound posts/s", "pipeline posts/s", "pipeline/bound"],
                     [(r["threads"], r["workers"], f"{results[0]['posts'] / r['bound_s']:.1f}",
-                      f"{results[0]['posts'] / r['pipeline_s']:.1f}", f"{r['bound_s'] / r['pipeline_s']:.2f}")
+                      f"{results[0]['posts'] / r['pipeline_s']:.1f}", f"{r['ratio']:.2f}")
                      for r in results[0]["sweep"]]))
-    spread = {r["model"]: [round(statistics.fmean(r["bound_runs_s"]), 2), round(statistics.fmean(r["pipeline_runs_s"]), 2)]
-              for r in results}
-    print(f"mean seconds [bound, pipeline]: {spread}")
+    print("seconds per run [(bound, pipeline), ...]: "
+          + "; ".join(f"{r['model']}: " + ", ".join(f"({b:.1f}, {p:.1f})" for b, p in r["runs"]) for r in results))
     if args.json:
         Path(args.json).write_text(json.dumps({"facts": facts, "args": vars(args), "results": results}, indent=2))
     return 0

@@ -63,6 +63,8 @@ def evaluate_file(task: str, *, model: str, data: str | Path, images: str | Path
     from mmib_cli.annotate import load_components
     from mmib_cli.errors import InvalidCheckpoint
 
+    if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
+        raise ValueError(f"--images {images}: no such directory")
     components = load_components(model, device=device, dtype=dtype, online=online)
     loaded = components.get(task)
     if loaded is None:

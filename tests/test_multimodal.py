@@ -26,11 +26,12 @@ WHEN_WORDS = {"day": ["morning", "today"], "night": ["night", "tonight"]}
 AMBIGUOUS = ["jordan", "washington", "lincoln", "georgia", "chelsea", "phoenix"]
 TEMPLATES = [["look", "at", "{w}"], ["{w}", "is", "here"], ["we", "love", "{w}"]]
 
-# The tiny BERT's random attention makes a small latent learn the image path slowly: use the default latent size.
-# The tiny CNN is random too, so let it train (freeze_image_backbone=false). Seeds checked: 100 by epoch 5-7.
+# With the tiny random BERT a small latent learns the image path slowly: use the default latent size. The tiny CNN
+# is random too, so it is fine-tuned (freeze_image_backbone=false). Seeds 0-9 all reach valid F1 >= 95 by epoch 7
+# (most by epoch 3-5) with this recipe; a higher head LR sometimes gets stuck with one colour unused.
 MODEL_ARGS = ["--config", "latent_size=256", "--config", "num_attention_heads=4",
               "--config", "freeze_image_backbone=false"]
-TRAIN_ARGS = ["--epochs", "12", "-b", "8", "--lr", "1e-3", "--head-lr", "3e-3", "--patience", "4", "--seed", "0"]
+TRAIN_ARGS = ["--epochs", "10", "-b", "8", "--lr", "2e-3", "--head-lr", "2e-3", "--patience", "5", "--seed", "0"]
 
 
 def write_split(root: Path, split: str, count: int, seed: int) -> Path:
@@ -61,7 +62,7 @@ def write_split(root: Path, split: str, count: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("multimodal")
-    return {"root": root, "train": write_split(root, "train", 48, seed=0),
+    return {"root": root, "train": write_split(root, "train", 96, seed=0),
             "valid": write_split(root, "valid", 24, seed=1), "images": root / "images"}
 
 
@@ -106,6 +107,16 @@ def test_the_picture_decides_the_entity_type(synthetic, tiny_bert_dir, tmp_path)
     assert scored["f1"] == with_images["valid"]["f1"] and scored["images_used"] == 24
     blind = evaluate(tmp_path / "mm", synthetic["valid"], None, tmp_path / "without.json")
     assert blind["images_used"] == 0 and blind["f1"] <= 60.0
+    # scoring holds a few posts' images at a time: the chunking changes nothing
+    from mmib_cli.checkpoint.model_io import load_model
+    from mmib_cli.data.datasets import read_examples
+    from mmib_cli.evaluate import score_examples
+
+    loaded = load_model(tmp_path / "mm")
+    examples = read_examples("ner", [synthetic["valid"]], loaded.featurizer, loaded.model.config.labels,
+                             images=synthetic["images"])
+    assert score_examples(loaded, examples, chunk_posts=5) == score_examples(loaded, examples) == {
+        k: v for k, v in scored.items() if k not in ("task", "model", "data")}
 
     # the same model and recipe with the pictures withheld cannot do better than chance (1 type in 3)
     text_only = train(synthetic, tiny_bert_dir, tmp_path / "text", with_images=False)
@@ -115,10 +126,11 @@ def test_the_picture_decides_the_entity_type(synthetic, tiny_bert_dir, tmp_path)
     assert with_images["valid"]["f1"] - text_only["valid"]["f1"] >= 40.0
 
 
-def _batch(loaded, path: Path, images: Path) -> dict[str, torch.Tensor]:
+def _batch(loaded, path: Path, images: Path, limit: int) -> dict[str, torch.Tensor]:
     from mmib_cli.data.datasets import WindowDataset, make_collate, read_examples
 
-    examples = read_examples("ner", [path], loaded.featurizer, loaded.model.config.labels, images=images)
+    examples = read_examples("ner", [path], loaded.featurizer, loaded.model.config.labels, images=images,
+                             limit=limit)
     assert examples.images_found == len(examples.gold)
     rows = WindowDataset(examples, loaded.image_info)
     return make_collate(loaded.featurizer, "ner", loaded.image_info.image_size)([rows[i] for i in range(len(rows))])
@@ -135,7 +147,11 @@ def _alignment(model, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
 
 def test_alignment_loss_falls_on_matched_pairs(synthetic, tiny_bert_dir):
     """Training on the full MMIB objective lowers the alignment loss of the matched (text, photo) training pairs
-    below its starting value and below that of mismatched pairs: the regularizer sees the shared brightness."""
+    below its starting value and below that of mismatched pairs: the regularizer sees what the pairs share.
+
+    Full-batch steps on a few pairs: with the small mini-batches of `mmib train` the (noisy, sampled) alignment
+    loss of these tiny random encoders does not move measurably within a test's budget.
+    """
     from mmib_cli.checkpoint.model_io import build_model
     from mmib_cli.model import MMIBConfig
 
@@ -146,7 +162,7 @@ def test_alignment_loss_falls_on_matched_pairs(synthetic, tiny_bert_dir):
                         image_encoder={"source": "tiny-cnn"})
     assert config.use_ar and config.use_kl and config.ar_score == "bilinear"  # the defaults
     loaded = build_model(config)
-    batch = _batch(loaded, synthetic["train"], synthetic["images"])
+    batch = _batch(loaded, synthetic["train"], synthetic["images"], limit=24)  # one full batch of 24 pairs
     before, before_mismatched = _alignment(loaded.model, batch)
     assert before == pytest.approx(before_mismatched, abs=0.05)  # an untrained discriminator cannot tell
     optimizer = torch.optim.AdamW([p for p in loaded.model.parameters() if p.requires_grad], lr=3e-3)
@@ -157,5 +173,5 @@ def test_alignment_loss_falls_on_matched_pairs(synthetic, tiny_bert_dir):
         loss.backward()
         optimizer.step()
     after, after_mismatched = _alignment(loaded.model, batch)
-    assert after < before - 0.05
-    assert after < after_mismatched - 0.1
+    assert after < before - 0.1  # seeds 0-4: falls by 0.18-0.51
+    assert after < after_mismatched - 0.5  # seeds 0-4: margin 1.4-2.3

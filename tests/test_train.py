@@ -21,12 +21,11 @@ PLACES = ["paris", "london", "berlin", "texas", "tokyo", "boston", "rome", "madr
 ORGS = ["google", "nasa", "apple", "fifa", "nba", "microsoft", "intel", "ibm"]
 FOOD = ["pizza", "coffee", "pasta", "tea", "bread", "cheese", "rice", "soup"]
 
-# Fast, reliable overfitting settings for the tiny models (found by sweeping seeds; see the tests' docstrings).
+# Fast, reliable overfitting settings for the tiny models: seeds 0-4 reach F1 100 by epoch 5 (NER) / 3 (RE).
 NER_ARGS = ["--epochs", "8", "-b", "4", "--lr", "1e-3", "--head-lr", "1e-2", "--patience", "3",
             "--config", "latent_size=32", "--config", "num_attention_heads=2"]
-RE_ARGS = ["--epochs", "14", "-b", "4", "--lr", "5e-3", "--head-lr", "5e-3", "--warmup-ratio", "0",
-           "--patience", "14", "--config", "latent_size=128", "--config", "num_attention_heads=4",
-           "--config", "dropout=0.0", "--config", "attention_dropout=0.0"]
+RE_ARGS = ["--epochs", "10", "-b", "4", "--lr", "2e-3", "--head-lr", "2e-3", "--patience", "4",
+           "--config", "latent_size=128", "--config", "num_attention_heads=4"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +57,7 @@ def write_conll(path: Path, sentences: list[list[tuple[str, str]]], first_id: in
     return path
 
 
+# each relation has its own wording, tail type and tail position (the tiny random BERT mixes context weakly)
 RE_TEMPLATES = [("{h} works for {t}", ORGS, "/per/org/member_of"),
                 ("{h} lives in the city of {t}", PLACES, "/per/loc/place_of_residence"),
                 ("{h} married {t}", PEOPLE, "/per/per/couple"),
@@ -134,7 +134,7 @@ def re_run(tiny_bert_dir, tmp_path_factory):
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "metrics.json", "training_args.json")
 
 
-def test_ner_overfits_to_f1_100(ner_run):
+def test_ner_overfits_to_f1_100(ner_run, tiny_bert_dir):
     out, summary = ner_run["out"], ner_run["summary"]
     assert summary["best_valid_f1"] == 100.0
     assert summary["output"] == str(out) and 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 8
@@ -142,7 +142,7 @@ def test_ner_overfits_to_f1_100(ner_run):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["task"] == "ner" and config["labels"][0] == "O" and config["trained_with_images"] is False
-    assert config["text_encoder"] == {"source": "path", "path": str(Path(config["text_encoder"]["path"]))}
+    assert config["text_encoder"] == {"source": "path", "path": str(Path(tiny_bert_dir).resolve())}
     args = json.loads((out / "training_args.json").read_text())
     assert args["task"] == "ner" and args["head_lr"] == 1e-2 and args["config"]["latent_size"] == 32
     assert (out / "last" / "config.json").is_file()  # the resumable state
@@ -204,6 +204,12 @@ def test_re_overfits_to_f1_100_and_eval_agrees(re_run, tmp_path):
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
 
+def test_eval_missing_images_directory_is_a_usage_error(ner_run, tmp_path):
+    result = run_cli(["eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
+                      "--images", str(tmp_path / "nowhere")], expect=2)
+    assert "nowhere" in result.stderr
+
+
 def test_eval_wrong_task_is_an_error(re_run, tmp_path):
     conll = write_conll(tmp_path / "x.txt", ner_sentences()[:2])
     result = run_cli(["eval", "ner", "--model", str(re_run["out"]), "--data", str(conll)], expect=1)
@@ -233,7 +239,6 @@ def test_resume_continues_from_last(tiny_bert_dir, tmp_path):
     assert resumed[:2] == history  # the first two epochs are the first run's, untouched
     assert resumed[3]["task_loss"] < history[0]["task_loss"]  # training went on from where it stopped
     assert json.loads((tmp_path / "ckpt" / "last" / "trainer_state.json").read_text())["epoch"] == 4
-    assert json.loads((tmp_path / "ckpt" / "training_args.json").read_text())["resume"] in (True, False)
 
     # resuming a finished run trains nothing and reports the same best epoch
     third, result = train_cli("ner", train, train, tmp_path / "ckpt", "--epochs", "4", "--resume", *args,
@@ -268,7 +273,10 @@ def test_kl_and_ar_switches(switches, tiny_bert_dir, tmp_path):
     assert config["use_ar"] is ("use_ar=false" not in switches)
     record = json.loads((tmp_path / "c" / "metrics.json").read_text())["history"][0]
     kl_on, ar_on = config["use_kl"], config["use_ar"]
-    assert (record["kl_text"] > 0 and record["kl_image"] > 0) if kl_on else (record["kl_text"] == record["kl_image"] == 0)
+    if kl_on:
+        assert record["kl_text"] > 0 and record["kl_image"] > 0
+    else:
+        assert record["kl_text"] == record["kl_image"] == 0
     assert (record["ar_loss"] > 0) if ar_on else (record["ar_loss"] == 0)
     expected = record["task_loss"] + (record["kl_text"] + record["kl_image"] if kl_on else 0) + \
         (record["ar_loss"] if ar_on else 0)
