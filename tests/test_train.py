@@ -28,14 +28,6 @@ RE_ARGS = ["--epochs", "10", "-b", "4", "--lr", "2e-3", "--head-lr", "2e-3", "--
            "--config", "latent_size=128", "--config", "num_attention_heads=4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest single-threaded, especially on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # --------------------------------------------------------------------------------------------------- toy data
 def ner_sentences() -> list[list[tuple[str, str]]]:
