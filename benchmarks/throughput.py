@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SRC, build_checkpoint, facts_line, hardware, make_photos, make_posts, table  # noqa: E402
@@ -39,21 +39,33 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def prepared_batches(annotator: Any, posts_path: Path, chunk_size: int) -> tuple[list[dict], int]:
-    """Every forward batch the pipeline would run on `posts_path`, as device tensors (and the number of posts)."""
+def pipeline_chunks(annotator: Any, posts_path: Path, args: argparse.Namespace) -> Iterator[list]:
+    """The prepared chunks the pipeline cuts from `posts_path` (its own chunking code, in this process)."""
+    from mmib_cli import pipeline
+
+    settings = annotator.prepare_settings(base_dir=posts_path.resolve().parent)
+    size = chunk_size(args)
+    cap = getattr(pipeline, "CHUNK_IMAGE_BATCHES", None)
+    if cap is not None and not args.chunk_size:
+        return iter(pipeline._ChunkSource(str(posts_path), settings, size, None, None, frozenset(),
+                                          max_images=cap * args.batch_size, first_chunk=args.batch_size))
+    return iter(pipeline._ChunkSource(str(posts_path), settings, size, None, None, frozenset()))
+
+
+def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace) -> tuple[list[dict], int, int]:
+    """Every forward batch the pipeline would run on `posts_path`, as device tensors; also posts and chunks."""
     import torch
 
-    from mmib_cli.annotate import Prepared, prepare
+    from mmib_cli.annotate import Prepared
     from mmib_cli.inference import length_batches
 
     loaded = annotator.ner
     device = annotator.device
     dtype = next(loaded.model.parameters()).dtype
-    settings = annotator.prepare_settings(base_dir=posts_path.parent)
-    lines = [json.loads(line) for line in posts_path.read_text(encoding="utf-8").splitlines()]
     batches: list[dict] = []
-    for start in range(0, len(lines), chunk_size):
-        chunk = [prepare(start + k + 1, obj, settings) for k, obj in enumerate(lines[start: start + chunk_size])]
+    count = chunks = 0
+    for chunk in pipeline_chunks(annotator, posts_path, args):
+        count, chunks = count + len(chunk), chunks + 1
         posts = [p for p in chunk if isinstance(p, Prepared)]
         windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in posts])
         flat = []
@@ -74,7 +86,7 @@ def prepared_batches(annotator: Any, posts_path: Path, chunk_size: int) -> tuple
                         pixels[i], present[i] = p, True
                 batch.update(pixel_values=pixels.to(dtype), image_present=present)
             batches.append({k: v.to(device) for k, v in batch.items()})
-    return batches, len(lines)
+    return batches, count, chunks
 
 
 def time_bound(model: Any, batches: list[dict], device: Any) -> float:
@@ -147,7 +159,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     annotator = Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
                                           batch_size=args.batch_size)
     load_s = time.perf_counter() - start
-    batches, count = prepared_batches(annotator, posts, chunk_size(args))
+    batches, count, chunks = prepared_batches(annotator, posts, args)
     model, device = annotator.ner.model, annotator.device
     pieces = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["attention_mask"].numel() for b in batches)
@@ -177,7 +189,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
               "pipeline_posts_s": count / main_runs["pipeline_s"], "ratio": main_runs["ratio"],
               "runs": main_runs["runs"],
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-              "chunk": chunk_size(args), "sweep": sweep}
+              "chunk": chunk_size(args), "chunks": chunks, "sweep": sweep}
     del annotator, model
     return result
 
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# mmib annotate throughput ({facts_line(facts)})")
     if SRC != ROOT:
         print(f"code under test: {SRC}")
-    print(f"batch size {args.batch_size}, chunk {results[0]['chunk']} posts, device {args.device}, workers "
+    print(f"batch size {args.batch_size}, chunks of up to {results[0]['chunk']} posts "
+          f"({results[0]['posts'] / results[0]['chunks']:.0f} on average), device {args.device}, workers "
           f"{args.num_workers if args.num_workers is not None else 'pipeline default'}, "
           f"images on {args.image_fraction:.0%} of posts; medians of {args.repeat} adjacent (bound, pipeline) "
           "pairs\n")

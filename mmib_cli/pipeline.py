@@ -65,7 +65,7 @@ class PipelineOptions:
     device: str = "auto"
     dtype: str = "auto"
     online: bool | None = None
-    chunk_size: int = 0  # posts per prepared chunk; 0 = 4 x batch_size
+    chunk_size: int = 0  # posts per prepared chunk; 0 = CHUNK_BATCHES x batch_size, at most 4 x batch_size photos
 
     @classmethod
     def from_cli(cls, **options: Any) -> "PipelineOptions":
@@ -116,13 +116,37 @@ class RunSummary:
         return text
 
 
+CHUNK_BATCHES = 16
+"""Default posts per chunk, in batches. A chunk is the window within which posts are sorted by length before being
+cut into batches: 16 batches leave 8% padding on tweet-like input instead of 25% with 4 (benchmarks/README.md)."""
+CHUNK_IMAGE_BATCHES = 4
+"""A default chunk closes early once it holds this many batches' worth of posts with a photo (decoded photos are
+0.6 MB each), so memory stays what 4-batch chunks needed."""
+
+
 class _ChunkSource(IterableDataset):
-    """Reads the input and yields prepared chunks; with N workers, worker w prepares chunks k where k % N == w."""
+    """Reads the input and yields prepared chunks; with N workers, worker w prepares chunks k where k % N == w.
+
+    A chunk closes at `chunk_size` posts or at `max_images` posts naming an image (counted on the raw lines, so
+    every worker cuts the same chunks). With `first_chunk`, chunk k holds at most `first_chunk * 2**k` posts, so
+    the model starts after one small chunk instead of waiting for a full one to be prepared.
+    """
 
     def __init__(self, source: str, settings: PrepareSettings, chunk_size: int, limit: int | None,
-                 shard: tuple[int, int] | None, done: frozenset[int]) -> None:
+                 shard: tuple[int, int] | None, done: frozenset[int], max_images: int | None = None,
+                 first_chunk: int | None = None) -> None:
         self.source, self.settings, self.chunk_size = source, settings, chunk_size
         self.limit, self.shard, self.done = limit, shard, done
+        self.max_images = max_images if settings.image_size is not None else None
+        self.first_chunk = first_chunk
+
+    def _size(self, index: int) -> int:
+        if not self.first_chunk or index >= 32:
+            return self.chunk_size
+        return min(self.chunk_size, self.first_chunk << index)
+
+    def _has_image(self, obj: Any) -> bool:
+        return isinstance(obj, dict) and obj.get(self.settings.image_field) is not None
 
     def lines(self) -> Iterator[tuple[int, Any]]:
         for line, obj in read_lines(self.source):
@@ -138,10 +162,13 @@ class _ChunkSource(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         chunk: list[tuple[int, Any]] = []
-        index = 0
+        index = images = 0
         for item in self.lines():
             chunk.append(item)
-            if len(chunk) == self.chunk_size:
+            if self.max_images is not None and self._has_image(item[1]):
+                images += 1
+            if len(chunk) >= self._size(index) or (self.max_images is not None and images >= self.max_images):
+                images = 0
                 if index % workers == worker:
                     yield [prepare(line, obj, self.settings) for line, obj in chunk]
                 chunk, index = [], index + 1
@@ -220,13 +247,17 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
                                          keep_none=opts.keep_none, type_constraints=opts.type_constraints)
     device_type = annotator.device.type
-    workers = opts.num_workers if opts.num_workers is not None else (2 if device_type == "cuda" else 1)
+    # CPU: a reader thread, not a worker process: with the model on every core, a second process decoding photos
+    # slows the forward by more than the decode itself (benchmarks/README.md: 0.7 vs 0.8 of the pure-forward rate)
+    workers = opts.num_workers if opts.num_workers is not None else (2 if device_type == "cuda" else 0)
     summary = RunSummary()
     with writer:
         done = frozenset(line for line, _ in writer.done_lines)
         summary.resumed = len(done)
-        source = _ChunkSource(opts.input_path, settings, opts.chunk_size or 4 * opts.batch_size, opts.limit,
-                              opts.shard, done)
+        source = _ChunkSource(opts.input_path, settings, opts.chunk_size or CHUNK_BATCHES * opts.batch_size,
+                              opts.limit, opts.shard, done,
+                              max_images=None if opts.chunk_size else CHUNK_IMAGE_BATCHES * opts.batch_size,
+                              first_chunk=None if opts.chunk_size else opts.batch_size)
         previous = _install_signal_handlers()
         try:
             with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:

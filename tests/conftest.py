@@ -262,3 +262,15 @@ def hard_images(sample_images, tmp_path_factory) -> dict[str, Path]:
     Image.new("RGB", (64, 32), (200, 20, 20)).save(paths["exif"], exif=exif)
     paths["bomb"] = write_bomb_png(out / "bomb.png")
     return paths
+
+
+@pytest.fixture(scope="session")
+def check(check_records):
+    """Short name used by the command tests: validate records against the schema and offset contract."""
+    return check_records
+
+
+@pytest.fixture(scope="session")
+def images(hard_images):
+    """Short name used by the command tests: the awkward image files (modes, truncation, bombs)."""
+    return hard_images

@@ -16,81 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from mmib_cli.cli import cli
+from cli_helpers import UNICODE_TEXT, invoke, make_posts, parse_jsonl, read_out, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# -- helpers ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads made each run ~5x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def invoke(*args, input: str | bytes | None = None):
-    """Run `mmib ARGS` in-process; unexpected exceptions propagate (catch_exceptions=False).
-
-    The network flags the command publishes to os.environ are restored afterwards (CliRunner's `env`).
-    """
-    env = {name: os.environ.get(name) for name in ("MMIB_OFFLINE", "HF_HUB_OFFLINE")}
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    """Write rows (dicts as JSON, strings verbatim) one per line."""
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
-                    encoding="utf-8")
-    return path
-
-
-def parse_jsonl(data: str | bytes) -> list[dict]:
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    assert text == "" or text.endswith("\n"), "output must end with a complete line"
-    return [json.loads(line) for line in text.splitlines()]
-
-
-@pytest.fixture(scope="session")
-def check(check_records):
-    return check_records
-
-
-@pytest.fixture(scope="session")
-def images(hard_images):
-    return hard_images
-
-
-def read_out(path: Path, check) -> list[dict]:
-    return check(parse_jsonl(Path(path).read_bytes()))
-
-
-VOCAB = ("Kawhi Leonard joins the Clippers in Los Angeles Obama visits Berlin with NASA and Apple tonight #NBA "
-         "@warriors great game 🚀 Chelsea beat Arsenal at Stamford Bridge").split()
-
-
-def make_posts(n: int, seed: int = 0) -> list[dict]:
-    """n posts of 1..20 words (deterministic), some without id."""
-    import random
-
-    rng = random.Random(seed)
-    posts = []
-    for i in range(n):
-        post = {"id": f"p{i:04d}", "text": " ".join(rng.choice(VOCAB) for _ in range(rng.randint(1, 20)))}
-        if i % 7 == 3:
-            del post["id"]
-        posts.append(post)
-    return posts
-
-
-UNICODE_TEXT = ("Obama 👋🏾 visits Berlin 👨\u200d👩\u200d👧 مرحبا بالعالم \u200fשלום\u200e zero\u200bwidth "
-                "cafe\u0301 नमस्ते 🇺🇸 𝕏 end")
 
 
 # -- one run over every kind of bad input (each case asserted by its own test) ---------------------------------------
@@ -337,7 +265,7 @@ def order_input(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_output(order_input, tiny_text_only_ner, tmp_path_factory) -> bytes:
-    """The unsharded, uninterrupted output of order_input (-b 2: chunks of 8 posts, so 5 chunks)."""
+    """The unsharded, uninterrupted output of order_input (-b 2: chunks of 2, 4, 8, 16 and 10 posts)."""
     out = tmp_path_factory.mktemp("reference") / "out.jsonl"
     result = invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "-b", "2", "--num-workers", "0")
     assert result.exit_code == 3, result.output
@@ -371,6 +299,44 @@ def test_chunk_size_does_not_change_the_output(order_input, reference_output, ti
                                            num_workers=0, progress=False))
     assert int(summary.exit_code) == 3 and summary.posts == 40 and summary.errors == 2
     assert out.read_bytes() == reference_output
+
+
+def _chunk_sizes(path: Path, **kwargs) -> list[int]:
+    from mmib_cli.annotate import PrepareSettings
+    from mmib_cli.pipeline import _ChunkSource
+
+    settings = PrepareSettings(base_dir=path.parent, image_size=kwargs.pop("image_size", None))
+    return [len(c) for c in _ChunkSource(str(path), settings, limit=None, shard=None, done=frozenset(), **kwargs)]
+
+
+def test_default_chunks_start_small_and_double(tmp_path):
+    """The first batch reaches the model after one batch of posts is prepared, later chunks sort longer windows."""
+    src = write_jsonl(tmp_path / "in.jsonl", make_posts(80))
+    assert _chunk_sizes(src, chunk_size=32, first_chunk=2) == [2, 4, 8, 16, 32, 18]
+    assert _chunk_sizes(src, chunk_size=32) == [32, 32, 16]
+
+
+def test_chunks_close_early_on_photos_only_when_the_model_reads_them(tmp_path):
+    rows = make_posts(40)
+    for i, row in enumerate(rows):
+        row["image"] = "p.jpg" if i < 20 else None  # 20 posts with a photo, then 20 without
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert _chunk_sizes(src, chunk_size=16, max_images=6, image_size=32) == [6, 6, 6, 16, 6]
+    assert _chunk_sizes(src, chunk_size=16, max_images=6) == [16, 16, 8]  # text-only model: photos are not decoded
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_photo_capped_chunks_keep_order_with_workers(workers, tiny_bundle, images, tmp_path, check):
+    rows = make_posts(30, seed=3)
+    for i, row in enumerate(rows):
+        row["image"] = str(images["red"]) if i % 3 else None
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    result = invoke("annotate", src, "-o", out, "-m", tiny_bundle, "-b", "2", "--num-workers", workers)
+    assert result.exit_code == 0, result.output
+    records = read_out(out, check)
+    assert [r["line"] for r in records] == list(range(1, 31))
+    assert [r["image_used"] for r in records] == [bool(i % 3) for i in range(30)]
 
 
 def test_stdin_to_stdout(order_input, reference_output, tiny_text_only_ner):
@@ -513,131 +479,6 @@ def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, 
     assert not partial.exists()
 
 
-# -- relations -------------------------------------------------------------------------------------------------------
-PAIR_POSTS = make_posts(12, seed=11)
-
-
-@pytest.fixture(scope="module")
-def pair_input(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("pairs") / "in.jsonl", PAIR_POSTS)
-
-
-def _run_relations(tiny_bundle, src: Path, out: Path, *extra: str, check) -> list[dict]:
-    result = invoke("relations", src, "-o", out, "-m", tiny_bundle, "--num-workers", "0", *extra)
-    assert result.exit_code in (0, 3), result.output
-    return read_out(out, check)
-
-
-ALL_PAIRS = ("--pair", "--keep-none", "--no-type-constraints")
-
-
-@pytest.fixture(scope="module")
-def all_pairs(tiny_bundle, pair_input, tmp_path_factory, check) -> list[dict]:
-    """`relations --pair --keep-none --no-type-constraints`: every ordered pair of found entities, scored."""
-    return _run_relations(tiny_bundle, pair_input, tmp_path_factory.mktemp("all-pairs") / "o.jsonl", *ALL_PAIRS,
-                          check=check)
-
-
-def test_relations_pair_every_ordered_pair_with_keep_none(all_pairs):
-    records = all_pairs
-    assert sum(len(r["entities"]) for r in records) > 0  # the random NER does find entities
-    for rec in records:
-        n = len(rec["entities"])
-        assert len(rec["relations"]) == n * (n - 1)
-        pairs = [(r["head"]["start"], r["tail"]["start"]) for r in rec["relations"]]
-        assert len(set(pairs)) == len(pairs)
-        spans = {(e["start"], e["end"]) for e in rec["entities"]}
-        for rel in rec["relations"]:
-            assert (rel["head"]["start"], rel["head"]["end"]) in spans
-            assert (rel["tail"]["start"], rel["tail"]["end"]) in spans
-
-
-def test_relations_type_constraints_and_none(tiny_bundle, pair_input, tmp_path, check):
-    from mmib_cli.postprocess import RELATION_SIGNATURES
-
-    records = _run_relations(tiny_bundle, pair_input, tmp_path / "a.jsonl", "--pair", "--keep-none", check=check)
-    assert sum(len(r["relations"]) for r in records) > 0
-    for rec in records:
-        for rel in rec["relations"]:
-            if rel["relation"] != "None":
-                assert RELATION_SIGNATURES[rel["relation"]] == (rel["head"]["label"], rel["tail"]["label"])
-    default = _run_relations(tiny_bundle, pair_input, tmp_path / "b.jsonl", "--pair", check=check)
-    kept = [rel for rec in records for rel in rec["relations"] if rel["relation"] != "None"]
-    assert [rel for rec in default for rel in rec["relations"]] == kept  # without --keep-none: None pairs dropped
-
-
-def test_relations_min_score(all_pairs, tiny_bundle, pair_input, tmp_path, check):
-    every = [rel for rec in all_pairs for rel in rec["relations"]]
-    threshold = sorted(rel["score"] for rel in every)[len(every) // 2]
-    scored = _run_relations(tiny_bundle, pair_input, tmp_path / "b.jsonl", *ALL_PAIRS, "--min-score",
-                            str(threshold), check=check)
-    assert [rel for rec in scored for rel in rec["relations"]] == [r for r in every if r["score"] >= threshold]
-    assert 0 < sum(len(r["relations"]) for r in scored) < len(every)
-
-
-def test_relations_of_given_pairs_and_mnre_spans(tiny_bundle, tmp_path, check):
-    rows = [
-        {"id": "pairs", "text": "Obama met Biden in Washington",
-         "pairs": [{"head": {"start": 0, "end": 5, "label": "PER"}, "tail": {"start": 10, "end": 15, "label": "PER"}},
-                   {"head": {"start": 0, "end": 5}, "tail": {"start": 19, "end": 29}}]},
-        {"id": "mnre", "text": "Kawhi Leonard plays for the Raptors",
-         "tokens": ["Kawhi", "Leonard", "plays", "for", "the", "Raptors"],
-         "h": {"name": "Kawhi Leonard", "pos": [0, 2]}, "t": {"name": "Raptors", "pos": [5, 6]},
-         "img_id": "twitter_19_31_1_1.jpg"},
-        {"id": "outside", "text": "short",
-         "pairs": [{"head": {"start": 0, "end": 5}, "tail": {"start": 3, "end": 99}}]},
-        {"id": "bad-pos", "text": "Obama met Biden", "tokens": ["Obama", "met", "Biden"],
-         "h": {"pos": ["a", 1]}, "t": {"pos": [2, 3]}},
-        {"id": "bad-pair", "text": "Obama met Biden", "pairs": ["not a pair"]},
-        {"id": "none", "text": "no pairs given"},
-    ]
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke("relations", src, "-o", tmp_path / "o.jsonl", "-m", tiny_bundle, "--num-workers", "0",
-                    "--keep-none")
-    assert result.exit_code == 3, result.output
-    pairs, mnre, outside, bad_pos, bad_pair, none = read_out(tmp_path / "o.jsonl", check)
-    assert [(r["head"]["text"], r["tail"]["text"]) for r in pairs["relations"]] == [("Obama", "Biden"),
-                                                                                   ("Obama", "Washington")]
-    first = pairs["relations"][0]
-    assert first["head"]["label"] == "PER" and first["tail"]["label"] == "PER"
-    assert first["relation"] == "None" or first["relation"].startswith("/per/per/")
-    [rel] = mnre["relations"]
-    assert (rel["head"]["text"], rel["head"]["start"], rel["head"]["end"]) == ("Kawhi Leonard", 0, 13)
-    assert (rel["tail"]["text"], rel["tail"]["start"], rel["tail"]["end"]) == ("Raptors", 28, 35)
-    assert mnre["img_id"] == "twitter_19_31_1_1.jpg"  # other input fields pass through
-    for rec in (outside, bad_pos, bad_pair):
-        assert rec["error"]["type"] == "InvalidInput"
-    assert none["relations"] == []
-
-
-def test_relations_pair_uses_given_entities(tiny_bundle, tmp_path, check):
-    text = "Obama met Merkel in Berlin"
-    ents = [{"text": "Obama", "label": "PER", "start": 0, "end": 5, "score": 0.9},
-            {"text": "Merkel", "label": "PER", "start": 10, "end": 16, "score": 0.8},
-            {"text": "Berlin", "label": "LOC", "start": 20, "end": 26, "score": 0.7}]
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": text, "entities": ents}])
-    [rec] = _run_relations(tiny_bundle, src, tmp_path / "o.jsonl", "--pair", "--keep-none", check=check)
-    assert rec["entities"] == ents
-    heads_tails = {(r["head"]["text"], r["tail"]["text"]) for r in rec["relations"]}
-    # type constraints: LOC -> PER admits no relation, the other ordered pairs do
-    assert heads_tails == {("Obama", "Merkel"), ("Obama", "Berlin"), ("Merkel", "Obama"), ("Merkel", "Berlin")}
-    assert rec["relations"][0]["head"]["score"] == 0.9
-
-
-def test_annotate_relations_flag(tiny_bundle, pair_input, tmp_path, check):
-    result = invoke("annotate", pair_input, "-o", tmp_path / "o.jsonl", "-m", tiny_bundle, "--relations",
-                    "--num-workers", "0")
-    assert result.exit_code == 0, result.output
-    records = read_out(tmp_path / "o.jsonl", check)
-    assert all("relations" in r for r in records)
-    assert sum(len(r["relations"]) for r in records) > 0
-    result = invoke("annotate", pair_input, "-o", tmp_path / "p.jsonl", "-m", tiny_bundle, "--num-workers", "0")
-    assert result.exit_code == 0, result.output
-    plain = read_out(tmp_path / "p.jsonl", check)
-    assert all("relations" not in r for r in plain)
-    assert [r["entities"] for r in plain] == [r["entities"] for r in records]
-
-
 # -- input options ---------------------------------------------------------------------------------------------------
 def test_field_name_options_and_image_root(tiny_bundle, images, tmp_path, check):
     root = images["red"].parent
@@ -669,72 +510,3 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
     assert rec["image_used"] is True and rec["image"] == "pics/b.jpg"
 
 
-# -- library API -----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def annotator(tiny_bundle):
-    from mmib_cli import Annotator
-
-    return Annotator.from_pretrained(str(tiny_bundle), device="cpu")
-
-
-def test_library_api_yields_dicts_lazily(annotator, images):
-    import inspect
-
-    consumed = []
-
-    def records():
-        for i, text in enumerate(["Kawhi Leonard joins the Clippers", "Obama in Berlin", "x", "y", "z"]):
-            consumed.append(i)
-            yield {"id": i, "text": text, "image": str(images["red"]) if i == 0 else None}
-
-    stream = annotator.annotate(records(), relations=True, chunk_size=2)
-    assert inspect.isgenerator(stream) and consumed == []
-    first = next(stream)
-    assert consumed == [0, 1]  # one chunk read, not the whole input
-    assert isinstance(first, dict) and first["id"] == 0 and first["image_used"] is True
-    assert "relations" in first and first["model"].startswith("bundle@")
-    rest = list(stream)
-    assert [r["id"] for r in rest] == [1, 2, 3, 4]
-
-
-def test_library_api_error_records_and_single_post(annotator):
-    out = list(annotator.annotate([{"text": 5}, "not a dict", {"text": "ok"}]))
-    assert [r.get("error", {}).get("type") for r in out] == ["InvalidInput", "InvalidInput", None]
-    one = annotator.annotate_text("Obama visits Berlin")
-    assert [t["text"] for t in one["tokens"]] == ["Obama", "visits", "Berlin"] and one["line"] == 1
-
-
-def test_library_relations_default_to_the_given_pairs(annotator):
-    post = {"text": "Obama met Biden", "tokens": ["Obama", "met", "Biden"], "h": {"pos": [0, 1]},
-            "t": {"pos": [2, 3]}}
-    from mmib_cli.annotate import RelationSettings
-
-    [rec] = list(annotator.relations([post], relation_settings=RelationSettings(pair=False, keep_none=True)))
-    assert [(r["head"]["text"], r["tail"]["text"]) for r in rec["relations"]] == [("Obama", "Biden")]
-    [default] = list(annotator.relations([post]))  # default: classify the pairs the input gives
-    assert all((r["head"]["text"], r["tail"]["text"]) == ("Obama", "Biden") for r in default["relations"])
-
-
-def test_one_failing_post_does_not_lose_its_chunk(annotator, monkeypatch):
-    """A model-stage exception caused by one post becomes that post's error record; the others are annotated."""
-    import mmib_cli.annotate as annotate_module
-
-    real = annotate_module.predict_ner
-
-    def flaky(loaded, windows, **kwargs):
-        if any(len(ws[0].word_index) == 4 for ws in windows):  # the 4-word post breaks the model
-            raise RuntimeError("boom")
-        return real(loaded, windows, **kwargs)
-
-    monkeypatch.setattr(annotate_module, "predict_ner", flaky)
-    out = list(annotator.annotate([{"text": "one"}, {"text": "a b c d"}, {"text": "two words"}]))
-    assert out[0]["tokens"][0]["text"] == "one" and out[2]["bio"] and len(out[2]["bio"]) == 2
-    assert out[1]["error"]["type"] == "AnnotationFailed" and "boom" in out[1]["error"]["message"]
-
-
-def test_odd_image_paths_never_stop_a_run(annotator):
-    out = list(annotator.annotate([{"text": "hi", "image": "~no_such_user_xyz/p.jpg"},
-                                   {"text": "hi", "image": "a\x00b.jpg"},
-                                   {"text": "hi", "image": "https://example.com/p.jpg"}]))
-    assert [r["image_used"] for r in out] == [False, False, False]
-    assert out[2]["image_error"].startswith("ImageNotFound")

@@ -1,0 +1,59 @@
+"""Helpers shared by the command tests: run `mmib` in-process, write and read JSONL, make posts."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mmib_cli.cli import cli
+
+def invoke(*args, input: str | bytes | None = None):
+    """Run `mmib ARGS` in-process; unexpected exceptions propagate (catch_exceptions=False).
+
+    The network flags the command publishes to os.environ are restored afterwards (CliRunner's `env`).
+    """
+    env = {name: os.environ.get(name) for name in ("MMIB_OFFLINE", "HF_HUB_OFFLINE")}
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """Write rows (dicts as JSON, strings verbatim) one per line."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def parse_jsonl(data: str | bytes) -> list[dict]:
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    assert text == "" or text.endswith("\n"), "output must end with a complete line"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def read_out(path: Path, check) -> list[dict]:
+    return check(parse_jsonl(Path(path).read_bytes()))
+
+
+VOCAB = ("Kawhi Leonard joins the Clippers in Los Angeles Obama visits Berlin with NASA and Apple tonight #NBA "
+         "@warriors great game 🚀 Chelsea beat Arsenal at Stamford Bridge").split()
+
+
+def make_posts(n: int, seed: int = 0) -> list[dict]:
+    """n posts of 1..20 words (deterministic), some without id."""
+    import random
+
+    rng = random.Random(seed)
+    posts = []
+    for i in range(n):
+        post = {"id": f"p{i:04d}", "text": " ".join(rng.choice(VOCAB) for _ in range(rng.randint(1, 20)))}
+        if i % 7 == 3:
+            del post["id"]
+        posts.append(post)
+    return posts
+
+
+UNICODE_TEXT = ("Obama 👋🏾 visits Berlin 👨\u200d👩\u200d👧 مرحبا بالعالم \u200fשלום\u200e zero\u200bwidth "
+                "cafe\u0301 नमस्ते 🇺🇸 𝕏 end")
+
+
