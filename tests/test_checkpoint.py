@@ -179,6 +179,17 @@ def test_save_load_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert_same_state(state, loaded)
 
 
+def test_saved_files_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    """Checkpoints go to shared directories: files are 0666 less the umask, like a plain open() makes them."""
+    old = os.umask(0o022)
+    try:
+        save_state(tmp_path / "ck", tiny_config(), tiny_state(), card="# Tiny\n")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ck").iterdir()}
+    assert modes == {"README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+
+
 def test_save_fp16_loads_float32(tmp_path: Path) -> None:
     state = tiny_state()
     save_state(tmp_path, {"a": 1}, state, dtype=torch.float16)

@@ -30,13 +30,22 @@ BUNDLE_COMPONENTS = ("ner", "re")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the mode a plain `open()` would (0666 less the umask; mkstemp uses 0600),
+    then rename it over `path`, so checkpoints in shared directories are readable by the team."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
     """Write through a temporary file in the same directory, then rename over `path`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             write(handle)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -107,7 +116,7 @@ def save_state(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        _publish(tmp, directory / WEIGHTS_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
