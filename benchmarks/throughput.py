@@ -110,7 +110,8 @@ def chunk_size(args: argparse.Namespace) -> int:
 
 
 def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argparse.Namespace,
-                  profile: Path | None = None, workers: int | None = None, threads: int | None = None) -> float:
+                  profile: Path | None = None, workers: int | None = None, threads: int | None = None,
+                  chunk: int | None = None) -> float:
     """Seconds of `run_pipeline` (the `mmib annotate` code path) with the model already loaded."""
     from unittest import mock
 
@@ -122,7 +123,7 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
     opts = PipelineOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
                            model="preloaded", batch_size=args.batch_size, device=args.device,
                            num_workers=args.num_workers if workers is None else workers, progress=False, force=True,
-                           chunk_size=args.chunk_size)
+                           chunk_size=args.chunk_size if chunk is None else chunk)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -145,19 +146,65 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
     return seconds
 
 
+def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = True) -> Any:
+    """The annotator `mmib annotate` would load; `optimized=False` skips `optimize_for_inference` (the "before")."""
+    from unittest import mock
+
+    from mmib_cli import annotate
+
+    def load() -> Any:
+        return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
+                                                  batch_size=args.batch_size)
+
+    if optimized:
+        return load()
+    with mock.patch.object(annotate, "optimize_for_inference", lambda loaded: None):
+        return load()
+
+
+def before_after(annotator: Any, ckpt: Path, posts: Path, batches: list[dict], work: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """The current pipeline against the code's earlier defaults, in alternated adjacent runs.
+
+    Before = no `optimize_for_inference` (LoRA not merged, BatchNorm not folded, NCHW convolutions), fixed chunks
+    of 4 batches, 1 worker process on CPU (2 on GPU). Also the forward alone (bound batches) of both models.
+    """
+    baseline = load_annotator(ckpt, args, optimized=False)
+    old_workers = 2 if annotator.device.type == "cuda" else 1
+    device = annotator.device
+    runs = []
+    for r in range(args.repeat):
+        pair = []
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            if which == 0:
+                pair.append(("before", time_bound(baseline.ner.model, batches, device),
+                             time_pipeline(baseline, posts, work, args, workers=old_workers,
+                                           chunk=4 * args.batch_size)))
+            else:
+                pair.append(("after", time_bound(annotator.ner.model, batches, device),
+                             time_pipeline(annotator, posts, work, args)))
+        timings = dict((name, (f, p)) for name, f, p in pair)
+        runs.append(timings)
+    del baseline
+    med = statistics.median
+    return {"forward_before_s": med(r["before"][0] for r in runs), "forward_after_s": med(r["after"][0] for r in runs),
+            "pipeline_before_s": med(r["before"][1] for r in runs),
+            "pipeline_after_s": med(r["after"][1] for r in runs),
+            "forward_speedup": med(r["before"][0] / r["after"][0] for r in runs),
+            "pipeline_speedup": med(r["before"][1] / r["after"][1] for r in runs), "old_workers": old_workers,
+            "runs": runs}
+
+
 def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Load the `kind` model and time bound and pipeline on `n` posts (medians of `args.repeat` pairs)."""
     import torch
-
-    from mmib_cli.annotate import Annotator
 
     ckpt = build_checkpoint(CACHE / f"{kind}-ner-{args.encoder_tuning.replace(':', '')}", kind,
                             encoder_tuning=args.encoder_tuning)
     posts = make_posts(work / f"posts-{n}.jsonl", n, image_fraction=args.image_fraction,
                        photos=[f"photos/{p}" for p in make_photos(work / "photos", 24)])
     start = time.perf_counter()
-    annotator = Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
-                                          batch_size=args.batch_size)
+    annotator = load_annotator(ckpt, args)
     load_s = time.perf_counter() - start
     batches, count, chunks = prepared_batches(annotator, posts, args)
     model, device = annotator.ner.model, annotator.device
@@ -165,6 +212,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     padded = sum(b["attention_mask"].numel() for b in batches)
     images = sum(int(b["image_present"].sum()) for b in batches if "image_present" in b)
     time_bound(model, batches[: max(1, len(batches) // 10)], device)  # warm-up (allocator, kernels)
+
     def paired(workers: int | None = None, threads: int | None = None, profile: Path | None = None) -> dict:
         """`--repeat` adjacent (bound, pipeline) pairs, alternating which runs first; median of the pair ratios."""
         runs = []
@@ -179,18 +227,17 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
 
     profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile else None
     main_runs = paired(profile=profile)
+    before = before_after(annotator, ckpt, posts, batches, work, args) if args.before else None
     sweep = []
     if args.sweep and kind == "default":
         for threads, workers in args.sweep:
             sweep.append({"threads": threads, "workers": workers, **paired(workers, threads)})
-    del batches
     result = {"model": kind, "posts": count, "windows_images": images, "pieces": pieces, "padded_pieces": padded,
               "load_s": load_s, "bound_posts_s": count / main_runs["bound_s"],
               "pipeline_posts_s": count / main_runs["pipeline_s"], "ratio": main_runs["ratio"],
               "runs": main_runs["runs"],
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-              "chunk": chunk_size(args), "chunks": chunks, "sweep": sweep}
-    del annotator, model
+              "chunk": chunk_size(args), "chunks": chunks, "sweep": sweep, "before": before}
     return result
 
 
@@ -220,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="adjacent (bound, pipeline) pairs per setting; medians are reported (default 3)")
     parser.add_argument("--profile", default=None, help="write a pyinstrument profile of the first pipeline run "
                                                         "to PROFILE.<model>.txt")
+    parser.add_argument("--before", action="store_true",
+                        help="also time the earlier defaults (no optimize_for_inference, 4-batch chunks, 1 CPU "
+                             "worker) against the current code, alternated in the same run")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     import logging
@@ -256,6 +306,17 @@ def main(argv: list[str] | None = None) -> int:
               f"bound {d['bound_posts_s'] / p['bound_posts_s']:.1f}x faster")
     print(f"\ngoal pipeline/bound >= 0.85: "
           f"{'met' if results[0]['ratio'] >= 0.85 else 'NOT met'} ({results[0]['ratio']:.2f}, default model)")
+    if any(r["before"] for r in results):
+        print("\n## before / after the optimisations (same run, alternated; medians)\n")
+        print("before = no optimize_for_inference (LoRA unmerged, BatchNorm unfolded, NCHW convolutions), fixed "
+              f"chunks of {4 * args.batch_size} posts, {results[0]['before']['old_workers']} worker process(es)\n")
+        print(table(["model", "forward posts/s before", "after", "speedup", "pipeline posts/s before", "after",
+                     "speedup"],
+                    [(r["model"], f"{r['posts'] / r['before']['forward_before_s']:.1f}",
+                      f"{r['posts'] / r['before']['forward_after_s']:.1f}", f"{r['before']['forward_speedup']:.2f}x",
+                      f"{r['posts'] / r['before']['pipeline_before_s']:.1f}",
+                      f"{r['posts'] / r['before']['pipeline_after_s']:.1f}",
+                      f"{r['before']['pipeline_speedup']:.2f}x") for r in results if r["before"]]))
     if results[0]["sweep"]:
         bound_threads = results[0]["threads"]
         print(f"\n## torch threads x pipeline workers (default model; bound at {bound_threads} threads)\n")
