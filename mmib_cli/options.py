@@ -33,7 +33,8 @@ def pipeline_options(func: F) -> F:
         click.option("--max-tokens", type=click.IntRange(16), default=8192, show_default=True,
                      help="Upper bound on padded sub-word pieces per batch."),
         click.option("--num-workers", type=click.IntRange(0), default=None,
-                     help="Worker processes for tokenising and image decoding (default: 1 on CPU, 2 on GPU)."),
+                     help="Worker processes for reading, tokenising and image decoding; 0 = a background thread "
+                          "(default: 0 on CPU, 2 on GPU)."),
         click.option("--on-missing-image", type=click.Choice(["text-only", "error", "skip"]), default="text-only",
                      show_default=True, help="What to do when a post's image is missing or unreadable."),
         click.option("--image-root", type=click.Path(file_okay=False, path_type=str), default=None,

@@ -118,7 +118,8 @@ class RunSummary:
 
 CHUNK_BATCHES = 16
 """Default posts per chunk, in batches. A chunk is the window within which posts are sorted by length before being
-cut into batches: 16 batches leave 8% padding on tweet-like input instead of 25% with 4 (benchmarks/README.md)."""
+cut into batches: on 2,000 tweet-like posts 87% of the padded pieces are real with the default chunks (83% when half
+the posts have photos and chunks close at the photo cap) against 74% with fixed 4-batch chunks (benchmarks/README.md)."""
 CHUNK_IMAGE_BATCHES = 4
 """A default chunk closes early once it holds this many batches' worth of posts with a photo (decoded photos are
 0.6 MB each), so memory stays what 4-batch chunks needed."""
@@ -247,8 +248,9 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
                                          keep_none=opts.keep_none, type_constraints=opts.type_constraints)
     device_type = annotator.device.type
-    # CPU: a reader thread, not a worker process: with the model on every core, a second process decoding photos
-    # slows the forward by more than the decode itself (benchmarks/README.md: 0.7 vs 0.8 of the pure-forward rate)
+    # CPU: a reader thread, not a worker process: the model already uses every core, and a second process costs more
+    # than it overlaps (benchmarks/README.md, 2 cores: 0.92 vs 0.79 of the pure-forward rate on text-only posts,
+    # 0.78 vs 0.74 with photos on half the posts)
     workers = opts.num_workers if opts.num_workers is not None else (2 if device_type == "cuda" else 0)
     summary = RunSummary()
     with writer:
