@@ -17,10 +17,12 @@ from mmib_cli.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     load_image,
+    normalize_pixels,
     open_rgb,
     preprocess_image,
     resize_size,
     resolve_image_path,
+    stack_images,
     to_rgb,
 )
 
@@ -307,3 +309,15 @@ def test_resolve_image_path_rejects_urls(tmp_path, url):
     with pytest.raises(ImageError) as info:
         resolve_image_path(url, base_dir=tmp_path, image_root=None)
     assert info.value.error_type == "ImageNotFound" and "URL" in str(info.value)
+
+
+def test_uint8_crops_normalised_per_batch_equal_the_float_path(sample_images):
+    """The pipeline queues uint8 crops and normalises whole batches: bit-for-bit the per-image float tensors."""
+    names = sorted(sample_images)[:3]
+    crops = [load_image(sample_images[n], image_size=S, mean=None, std=None) for n in names]
+    assert all(c.dtype == torch.uint8 and c.shape == (3, S, S) for c in crops)
+    pixels, present = stack_images([crops[0], None, *crops[1:]], S)
+    assert pixels.dtype == torch.uint8 and present.tolist() == [True, False, True, True]
+    batch = normalize_pixels(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    for row, name in zip((0, 2, 3), names):
+        assert torch.equal(batch[row], _load(sample_images[name]))

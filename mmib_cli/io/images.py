@@ -24,7 +24,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "RASTER_FORMATS",
     "ImageError",
+    "crop_image",
     "load_image",
+    "normalize_pixels",
     "open_rgb",
     "preprocess_image",
     "resize_size",
@@ -195,22 +197,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def preprocess_image(
-    im: Image.Image, *, image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """Resize the shorter side to ``resize_size(image_size)``, centre-crop a square, normalise.
+def crop_image(im: Image.Image, *, image_size: int) -> torch.Tensor:
+    """Resize the shorter side to ``resize_size(image_size)`` and centre-crop a square: ``(3, S, S)`` uint8.
 
     The crop box is mapped back to the source image and resized in one antialiased bilinear step, which equals
     resize-then-crop without ever materialising the full resized image (safe for very elongated images).
-
-    Args:
-        im: an RGB image.
-        image_size: side ``S`` of the output square.
-        mean: per-channel mean (3 values, 0..1 scale).
-        std: per-channel standard deviation (3 values).
-
-    Returns:
-        ``(3, S, S)`` float32 tensor.
     """
     if im.mode != "RGB":
         im = to_rgb(im)
@@ -221,49 +212,73 @@ def preprocess_image(
     square = im.resize(
         (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
     )
-    tensor = TF.to_dtype(TF.pil_to_tensor(square), torch.float32, scale=True)
+    return TF.pil_to_tensor(square).contiguous()
+
+
+def normalize_pixels(pixels: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 pixels ``(..., 3, S, S)`` to float32 in 0..1, normalised per channel (one image or a whole batch)."""
+    tensor = TF.to_dtype(pixels, torch.float32, scale=True)
     return TF.normalize(tensor, mean=[float(m) for m in mean], std=[float(s) for s in std]).contiguous()
+
+
+def preprocess_image(
+    im: Image.Image, *, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """``crop_image`` then ``normalize_pixels``: a ``(3, S, S)`` float32 tensor.
+
+    Args:
+        im: an RGB image.
+        image_size: side ``S`` of the output square.
+        mean: per-channel mean (3 values, 0..1 scale).
+        std: per-channel standard deviation (3 values).
+    """
+    return normalize_pixels(crop_image(im, image_size=image_size), mean=mean, std=std)
 
 
 def load_image(
     path: Path | str,
     *,
     image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    """Load an image file as a normalised ``(3, S, S)`` tensor (see ``open_rgb`` and ``preprocess_image``).
+    """Load an image file as a normalised ``(3, S, S)`` tensor (see ``open_rgb``, ``crop_image``).
 
     Args:
         path: image file.
         image_size: side ``S`` of the output square (pixels).
-        mean: per-channel mean (0..1 scale).
+        mean: per-channel mean (0..1 scale); with ``std``, ``None`` returns the uint8 crop unnormalised (4x
+            smaller while it waits for its batch; ``normalize_pixels`` then gives the same floats).
         std: per-channel standard deviation.
         max_pixels: largest accepted width x height.
 
     Returns:
-        ``(3, S, S)`` float32 tensor.
+        ``(3, S, S)`` float32 tensor (uint8 when ``mean`` and ``std`` are ``None``).
 
     Raises:
         ImageError: ``ImageNotFound``, ``ImageUnreadable`` or ``DecompressionBomb``.
     """
     im = open_rgb(path, max_pixels=max_pixels, draft_size=resize_size(image_size))
     try:
-        return preprocess_image(im, image_size=image_size, mean=mean, std=std)
+        pixels = crop_image(im, image_size=image_size)
     except (ValueError, OSError) as exc:
         raise ImageError(f"image {path} cannot be resized ({type(exc).__name__}: {exc})") from exc
+    if mean is None and std is None:
+        return pixels
+    return normalize_pixels(pixels, mean=mean, std=std)
 
 
 def stack_images(images: Sequence[torch.Tensor | None],
                  image_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Stack per-post image tensors into a batch: `(pixels (B,3,S,S), present (B,) bool)`.
+    """Stack per-post image tensors into a batch: `(pixels (B,3,S,S), present (B,) bool)`, in the images' dtype.
 
     Posts without an image get zeros and `present=False`; `(None, None)` when no post has an image.
     """
-    if not any(image is not None for image in images):
+    first = next((image for image in images if image is not None), None)
+    if first is None:
         return None, None
-    pixels = torch.zeros((len(images), 3, image_size, image_size))
+    pixels = torch.zeros((len(images), 3, image_size, image_size), dtype=first.dtype)
     present = torch.zeros(len(images), dtype=torch.bool)
     for i, image in enumerate(images):
         if image is not None:
