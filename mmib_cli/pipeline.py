@@ -18,11 +18,10 @@ from typing import Any, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmib_cli.annotate import Annotator, PrepareSettings, Prepared, RelationSettings, Skipped, prepare
+from mmib_cli.annotate import Annotator, PrepareSettings, RelationSettings, prepare
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InvalidCheckpoint
 from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
-from mmib_cli.io.records import ErrorRecord
 
 logger = logging.getLogger(__name__)
 
