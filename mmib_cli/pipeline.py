@@ -120,8 +120,8 @@ CHUNK_BATCHES = 16
 cut into batches: on 2,000 tweet-like posts 87% of the padded pieces are real with the default chunks (83% when half
 the posts have photos and chunks close at the photo cap) against 74% with fixed 4-batch chunks (benchmarks/README.md)."""
 CHUNK_IMAGE_BATCHES = 4
-"""A default chunk closes early once it holds this many batches' worth of posts with a photo (decoded photos are
-0.6 MB each), so memory stays what 4-batch chunks needed."""
+"""A default chunk closes early once it holds this many batches' worth of posts with a photo, so the photos queued
+between the reader and the model stay bounded (each is a 150 KB uint8 crop at 224 px; benchmarks/README.md)."""
 
 
 class _ChunkSource(IterableDataset):
