@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from click.testing import CliRunner
 
@@ -57,3 +59,14 @@ UNICODE_TEXT = ("Obama 👋🏾 visits Berlin 👨\u200d👩\u200d👧 مرحب�
                 "cafe\u0301 नमस्ते 🇺🇸 𝕏 end")
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread, then restore the previous count (tiny models run fastest so)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_torch_thread
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_BERT_CONFIG = dict(
@@ -28,12 +30,8 @@ TINY_BERT_CONFIG = dict(
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tiny test models run fastest single-threaded, especially on a small or busy machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def _real_vocab() -> Path:

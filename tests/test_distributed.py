@@ -12,6 +12,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from cli_helpers import one_torch_thread
+
 from mmib_cli.cli import cli
 from mmib_cli.errors import ExitCode, OutputExists
 from mmib_cli.pipeline import PipelineOptions, RunSummary, run_pipeline
@@ -129,19 +131,13 @@ def ray_session():
 
 @pytest.mark.slow
 def test_ray_gives_the_local_records_and_summary(ray_session, tiny_bundle, posts_file, tmp_path):
-    import torch
-
     from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
 
     common = dict(task="annotate", input_path=str(posts_file), model=str(tiny_bundle), relations=True,
                   progress=False, online=False)
     local_out = tmp_path / "local.jsonl"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a 1-CPU Ray actor (OMP_NUM_THREADS=1): same float reductions, same scores
-    try:
+    with one_torch_thread():  # as a 1-CPU Ray actor (OMP_NUM_THREADS=1): same float reductions, same scores
         local = run_pipeline(PipelineOptions(output=str(local_out), num_workers=0, **common))
-    finally:
-        torch.set_num_threads(threads)
     shards = tmp_path / "shards"
     remote = run_ray(ray_pipeline_options(output=str(shards), **common), RayOptions(concurrency=1))
 

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
+
+from cli_helpers import one_torch_thread
 
 from mmib_cli.cli import cli
 
@@ -100,12 +101,8 @@ def ner_run(tiny_bert_dir, tmp_path_factory):
     sentences = ner_sentences()
     train = write_conll(root / "train.txt", sentences)
     valid = write_conll(root / "valid.txt", sentences[:8])
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():  # module-scoped: set up before the autouse per-test fixture applies
         summary, result = train_cli("ner", train, valid, root / "ckpt", *NER_ARGS, text_dir=tiny_bert_dir)
-    finally:
-        torch.set_num_threads(previous)
     return {"root": root, "train": train, "valid": valid, "out": root / "ckpt", "summary": summary,
             "stderr": result.stderr}
 
@@ -114,12 +111,8 @@ def ner_run(tiny_bert_dir, tmp_path_factory):
 def re_run(tiny_bert_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-re")
     data = write_mnre(root / "re.txt", re_examples())
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():  # module-scoped: set up before the autouse per-test fixture applies
         summary, result = train_cli("re", data, data, root / "ckpt", *RE_ARGS, text_dir=tiny_bert_dir)
-    finally:
-        torch.set_num_threads(previous)
     return {"root": root, "data": data, "out": root / "ckpt", "summary": summary, "stderr": result.stderr}
 
 
