@@ -16,7 +16,7 @@ import torch
 from mmib_cli.checkpoint.model_io import LoadedModel, load_model
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
-from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
+from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
 from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
                                   relation_signature)
 from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
@@ -38,15 +38,8 @@ class Prepared:
     pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities to classify
 
 
-@dataclass
-class Skipped:
-    """A post left out on purpose (`--on-missing-image skip`): written as a `skipped` line, not an error."""
-
-    post: InputPost
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.post.id, "line": self.post.line, "skipped": {"reason": self.reason}}
+Skipped = SkippedRecord
+"""A post left out on purpose (a blank line, `--on-missing-image skip`): written as a `skipped` line, not an error."""
 
 
 @dataclass
@@ -84,7 +77,7 @@ def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skippe
     """
     from mmib_cli.io.records import post_id
 
-    if isinstance(obj, ErrorRecord):
+    if isinstance(obj, (ErrorRecord, SkippedRecord)):
         return obj
     try:
         post = parse_post(obj, line, id_field=settings.id_field, text_field=settings.text_field,
@@ -128,7 +121,7 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
         if kind == "DecompressionBomb" or settings.on_missing_image == "error":
             return ErrorRecord.from_exception(exc, id=post.id, line=post.line)
         if settings.on_missing_image == "skip":
-            return Skipped(post, f"{kind}: {exc}")
+            return Skipped(post.id, post.line, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from mmib_cli.cli import cli
+from cli_helpers import invoke
 
 TYPE_COLOURS = {"PER": (1.0, 0.12, 0.12), "LOC": (0.12, 0.12, 1.0), "ORG": (0.12, 0.8, 0.12)}
 BRIGHTNESS = {"day": 230, "night": 110}
@@ -66,24 +65,17 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
             "valid": write_split(root, "valid", 24, seed=1), "images": root / "images"}
 
 
-
-def run_cli(args: list[str]):
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output + result.stderr
-    return result
-
-
 def train(synthetic, tiny_bert_dir, output: Path, *, with_images: bool) -> dict:
     images = ["--images", str(synthetic["images"])] if with_images else []
-    run_cli(["train", "ner", "--train", str(synthetic["train"]), "--valid", str(synthetic["valid"]), *images,
-             "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(output),
-             *MODEL_ARGS, *TRAIN_ARGS])
+    invoke("train", "ner", "--train", str(synthetic["train"]), "--valid", str(synthetic["valid"]), *images,
+           "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(output),
+           *MODEL_ARGS, *TRAIN_ARGS, expect=0)
     return json.loads((output / "metrics.json").read_text())
 
 
 def evaluate(model: Path, data: Path, images: Path | None, out: Path) -> dict:
-    run_cli(["eval", "ner", "--model", str(model), "--data", str(data), "--output-json", str(out),
-             *(["--images", str(images)] if images else [])])
+    invoke("eval", "ner", "--model", str(model), "--data", str(data), "--output-json", str(out),
+           *(["--images", str(images)] if images else []), expect=0)
     return json.loads(out.read_text())
 
 

@@ -28,6 +28,7 @@ BAD_LINES = {
     "not-object": '["a", "list", "not", "an", "object"]',
     "missing-text": {"id": "missing-text", "body": "no text field"},
     "number-text": {"id": "number-text", "text": 42},
+    "blank": "",  # a `skipped` record: line numbers stay physical, one output line per input line
     "empty-text": {"id": "empty-text", "text": ""},
     "unicode": {"id": "unicode", "text": UNICODE_TEXT},
     "missing-image": {"id": "missing-image", "text": "Picture of Berlin", "image": "does/not/exist.jpg"},
@@ -47,6 +48,9 @@ BAD_LINES = {
     "given-tokens": {"id": "given-tokens", "text": "New York rocks tonight",
                      "tokens": ["New York", "rocks", "tonight"]},
     "bad-tokens": {"id": "bad-tokens", "text": "New York rocks", "tokens": ["Boston"]},
+    "non-finite": '{"id": "non-finite", "text": "Obama", "score": NaN, "more": [Infinity, -Infinity, 1e999]}',
+    "too-deep": '{"id": "too-deep", "text": "x", "v": ' + "[" * 5000 + "]" * 5000 + "}",  # over the recursion limit
+    "deep": '{"id": "deep", "text": "x", "v": ' + "[" * 500 + "]" * 500 + "}",  # parses, but deeper than 100
     "last-good": {"id": "last-good", "text": "The run went on to the end"},
 }
 
@@ -62,17 +66,15 @@ def _materialise(images: dict[str, Path], rows: dict) -> list:
 
 @pytest.fixture(scope="module")
 def bad_run(tiny_bundle, images, tmp_path_factory, check):
-    """`mmib annotate` over BAD_LINES (plus a blank line) with the image-using tiny bundle."""
+    """`mmib annotate` over BAD_LINES with the image-using tiny bundle."""
     d = tmp_path_factory.mktemp("bad-run")
     rows = _materialise(images, BAD_LINES)
-    rows.insert(5, "")  # a blank line: skipped, but line numbers stay physical
     src = write_jsonl(d / "in.jsonl", rows)
     result = invoke("annotate", src, "-o", d / "out.jsonl", "-m", tiny_bundle, "--num-workers", "0")
     records = read_out(d / "out.jsonl", check)
-    keys = [k for k in BAD_LINES]
-    lines = [i + 1 for i, r in enumerate(rows) if r != ""]
+    keys = list(BAD_LINES)
     return {"result": result, "records": records, "by_key": dict(zip(keys, records)),
-            "lines": dict(zip(keys, lines))}
+            "lines": {key: number for number, key in enumerate(keys, 1)}, "output": d / "out.jsonl"}
 
 
 def test_bad_input_run_finishes_with_exit_3_and_one_line_per_input(bad_run):
@@ -119,6 +121,29 @@ def test_lone_surrogate_text_is_an_error_record(bad_run):
     # json accepts a lone surrogate escape (then the text check refuses it); orjson, which jsonlines uses when it
     # is installed, refuses it while parsing. Either way the line is an error record naming the surrogate.
     assert rec["error"]["type"] in ("InvalidInput", "InvalidJSON") and "surrogate" in rec["error"]["message"]
+
+
+def test_blank_line_is_a_skipped_record(bad_run):
+    line = bad_run["lines"]["blank"]
+    assert bad_run["by_key"]["blank"] == {"id": line, "line": line, "skipped": {"reason": "blank line"}}
+
+
+def test_non_finite_numbers_pass_through_as_null(bad_run):
+    rec = bad_run["by_key"]["non-finite"]
+    assert "error" not in rec and rec["entities"] is not None
+    assert rec["score"] is None and rec["more"] == [None, None, None]
+
+    def refuse(constant: str):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    for raw in bad_run["output"].read_bytes().splitlines():  # the whole output is strict JSON
+        json.loads(raw, parse_constant=refuse)
+
+
+def test_nesting_deeper_than_the_limit_is_an_error_record(bad_run):
+    for key in ("too-deep", "deep"):
+        rec = _error_of(bad_run, key)
+        assert rec["error"]["type"] == "InvalidInput" and "nested deeper than 100" in rec["error"]["message"]
 
 
 def test_empty_text_is_annotated_with_no_tokens(bad_run):

@@ -11,11 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli_helpers import one_torch_thread
+from cli_helpers import invoke, one_torch_thread
 
-from mmib_cli.cli import cli
 
 PEOPLE = ["john", "mary", "obama", "smith", "david", "paul", "anna", "peter"]
 PLACES = ["paris", "london", "berlin", "texas", "tokyo", "boston", "rome", "madrid"]
@@ -75,21 +73,15 @@ def write_mnre(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run_cli(args: list[str], expect: int = 0):
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == expect, result.output + result.stderr
-    return result
-
-
 def train_cli(task: str, train: Path, valid: Path, output: Path, *extra: str, text_dir: Path):
-    result = run_cli(["train", task, "--train", str(train), "--valid", str(valid), "--text-encoder", str(text_dir),
-                      "--image-encoder", "none", "-o", str(output), *extra])
+    result = invoke("train", task, "--train", str(train), "--valid", str(valid), "--text-encoder", str(text_dir),
+                    "--image-encoder", "none", "-o", str(output), *extra, expect=0)
     return json.loads(result.stdout), result
 
 
 def eval_cli(task: str, model: Path, data: Path, out_json: Path, *extra: str):
-    result = run_cli(["eval", task, "--model", str(model), "--data", str(data), "--output-json", str(out_json),
-                      *extra])
+    result = invoke("eval", task, "--model", str(model), "--data", str(data), "--output-json", str(out_json),
+                    *extra, expect=0)
     return json.loads(out_json.read_text()), result
 
 
@@ -190,14 +182,14 @@ def test_re_overfits_to_f1_100_and_eval_agrees(re_run, tmp_path):
 
 
 def test_eval_missing_images_directory_is_a_usage_error(ner_run, tmp_path):
-    result = run_cli(["eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
-                      "--images", str(tmp_path / "nowhere")], expect=2)
+    result = invoke("eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
+                    "--images", str(tmp_path / "nowhere"), expect=2)
     assert "nowhere" in result.stderr
 
 
 def test_eval_wrong_task_is_an_error(re_run, tmp_path):
     conll = write_conll(tmp_path / "x.txt", ner_sentences()[:2])
-    result = run_cli(["eval", "ner", "--model", str(re_run["out"]), "--data", str(conll)], expect=1)
+    result = invoke("eval", "ner", "--model", str(re_run["out"]), "--data", str(conll), expect=1)
     assert "has no ner model" in result.stderr
 
 
@@ -247,10 +239,10 @@ def test_kl_and_ar_switches(switches, tiny_bert_dir, tmp_path):
     train = write_conll(tmp_path / "train.txt", ner_sentences()[:8])
     images = _images_for(tmp_path / "images", 8)
     overrides = [x for s in switches for x in ("--config", s)]
-    result = run_cli(["train", "ner", "--train", str(train), "--valid", str(train), "--images", str(images),
-                      "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(tmp_path / "c"),
-                      "--epochs", "1", "-b", "4", "--config", "latent_size=16", "--config", "num_attention_heads=2",
-                      *overrides])
+    result = invoke("train", "ner", "--train", str(train), "--valid", str(train), "--images", str(images),
+                    "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(tmp_path / "c"),
+                    "--epochs", "1", "-b", "4", "--config", "latent_size=16", "--config", "num_attention_heads=2",
+                    *overrides, expect=0)
     assert json.loads(result.stdout)["epochs_run"] == 1
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["trained_with_images"] is True
@@ -270,17 +262,17 @@ def test_kl_and_ar_switches(switches, tiny_bert_dir, tmp_path):
 
 def test_missing_images_directory_is_a_usage_error(tiny_bert_dir, tmp_path):
     train = write_conll(tmp_path / "train.txt", ner_sentences()[:2])
-    result = run_cli(["train", "ner", "--train", str(train), "--valid", str(train), "--images",
-                      str(tmp_path / "nowhere"), "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn",
-                      "-o", str(tmp_path / "c")], expect=2)
+    result = invoke("train", "ner", "--train", str(train), "--valid", str(train), "--images",
+                    str(tmp_path / "nowhere"), "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn",
+                    "-o", str(tmp_path / "c"), expect=2)
     assert "nowhere" in result.stderr and not (tmp_path / "c").exists()
 
 
 def test_images_dir_without_matching_images_trains_text_only(tiny_bert_dir, tmp_path):
     train = write_conll(tmp_path / "train.txt", ner_sentences()[:4], first_id=100)  # ids 100..103: no such files
     images = _images_for(tmp_path / "images", 2)
-    result = run_cli(["train", "ner", "--train", str(train), "--valid", str(train), "--images", str(images),
-                      "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(tmp_path / "c"),
-                      "--epochs", "1", "--config", "latent_size=16", "--config", "num_attention_heads=2"])
+    result = invoke("train", "ner", "--train", str(train), "--valid", str(train), "--images", str(images),
+                    "--text-encoder", str(tiny_bert_dir), "--image-encoder", "tiny-cnn", "-o", str(tmp_path / "c"),
+                    "--epochs", "1", "--config", "latent_size=16", "--config", "num_attention_heads=2", expect=0)
     assert "no training image found" in result.stderr
     assert json.loads((tmp_path / "c" / "config.json").read_text())["trained_with_images"] is False
