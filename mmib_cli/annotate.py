@@ -53,6 +53,7 @@ class PrepareSettings:
     image_root: Path | None = None
     on_missing_image: str = "text-only"
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
+    max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
 
 
 def word_tokens(post: InputPost) -> list[Token]:
@@ -90,8 +91,8 @@ def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skippe
         logger.debug("line %d: unexpected %s while reading the record", line, type(exc).__name__, exc_info=True)
         return ErrorRecord(post_id(obj, line, id_field=settings.id_field), line, "InvalidInput",
                            f"line {line}: cannot read the record ({type(exc).__name__}: {exc})")
-    if post.image is None or settings.image_size is None:
-        return prepared
+    if post.image is None or (settings.image_size is None and settings.on_missing_image == "text-only"):
+        return prepared  # no image, or one the model would not read and whose state changes nothing
     return _attach_image(prepared, settings)
 
 
@@ -106,14 +107,19 @@ def _check_encodable(post: InputPost) -> None:
 
 
 def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | Skipped | ErrorRecord:
-    """Decode the post's image into `prepared.pixels`, or apply the `on_missing_image` policy."""
-    from mmib_cli.io.images import ImageError, load_image, resolve_image_path
+    """Decode the post's image into `prepared.pixels` (only check it when the model reads no pixels), or apply the
+    `on_missing_image` policy."""
+    from mmib_cli.io.images import DEFAULT_MAX_IMAGE_BYTES, ImageError, check_image, load_image, resolve_image_path
 
     post = prepared.post
+    max_bytes = settings.max_image_bytes or DEFAULT_MAX_IMAGE_BYTES
     try:
         path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
-        # uint8 until its batch is built (4x less memory per queued photo); normalised in `Annotator._pixels`
-        prepared.pixels = load_image(path, image_size=settings.image_size, mean=None, std=None)
+        if settings.image_size is None:
+            check_image(path, max_bytes=max_bytes)
+        else:  # uint8 until its batch is built (4x less memory per queued photo); normalised in `Annotator._pixels`
+            prepared.pixels = load_image(path, image_size=settings.image_size, mean=None, std=None,
+                                         max_bytes=max_bytes)
     except Exception as exc:  # noqa: BLE001 - ImageError, or anything odd a path or decoder raises
         if not isinstance(exc, ImageError):
             exc = ImageError(f"image {post.image!r} cannot be used ({type(exc).__name__}: {exc})")

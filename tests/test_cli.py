@@ -115,6 +115,7 @@ def _default_checkpoint_present() -> bool:
     return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_readme_quick_start_on_the_samples(tmp_path, monkeypatch):
     """`mmib annotate samples/posts.jsonl -o out.jsonl`, run from the repository root."""
     assert "mmib annotate samples/posts.jsonl -o out.jsonl" in README

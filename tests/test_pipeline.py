@@ -35,6 +35,8 @@ BAD_LINES = {
     "corrupt-image": {"id": "corrupt-image", "text": "Picture of Berlin", "image": "@corrupt"},
     "truncated-image": {"id": "truncated-image", "text": "Picture of Berlin", "image": "@truncated"},
     "text-file-image": {"id": "text-file-image", "text": "Picture of Berlin", "image": "@text"},
+    "endless-image": {"id": "endless-image", "text": "Picture of Berlin", "image": "/dev/zero"},  # never ends
+    "directory-image": {"id": "directory-image", "text": "Picture of Berlin", "image": "/"},
     "bomb": {"id": "bomb", "text": "A huge picture", "image": "@bomb"},
     "cmyk": {"id": "cmyk", "text": "CMYK picture", "image": "@cmyk"},
     "alpha": {"id": "alpha", "text": "PNG with alpha", "image": "@alpha"},
@@ -163,6 +165,7 @@ def test_unicode_offsets_are_exact(bad_run):
 @pytest.mark.parametrize("key,kind", [
     ("missing-image", "ImageNotFound"), ("corrupt-image", "ImageUnreadable"),
     ("truncated-image", "ImageUnreadable"), ("text-file-image", "ImageUnreadable"),
+    ("endless-image", "ImageUnreadable"), ("directory-image", "ImageUnreadable"),
 ])
 def test_unusable_image_falls_back_to_text_by_default(bad_run, key, kind):
     rec = bad_run["by_key"][key]
@@ -248,6 +251,34 @@ def test_on_missing_image_policies(policy, tiny_bundle, images, tmp_path, check)
             assert set(rec) == {"id", "line", "skipped"} and rec["skipped"]["reason"].startswith(kind)
 
 
+@pytest.mark.parametrize("policy", ["error", "skip", "text-only"])
+def test_on_missing_image_checks_images_a_text_only_model_never_reads(policy, tiny_text_only_ner, images, tmp_path,
+                                                                     check):
+    """The model reads no pixels, yet `error`/`skip` apply to unusable images; `text-only` leaves them alone."""
+    os.mkfifo(tmp_path / "pipe.jpg")  # a FIFO without a writer: must not block the run
+    (tmp_path / "folder.jpg").mkdir()
+    rows = [{"id": "ok", "text": "Obama in Berlin", "image": str(images["red"])},
+            {"id": "missing", "text": "Obama in Berlin", "image": "nope.jpg"},
+            {"id": "not-image", "text": "Obama in Berlin", "image": str(images["text"])},
+            {"id": "fifo", "text": "Obama in Berlin", "image": "pipe.jpg"},
+            {"id": "dir", "text": "Obama in Berlin", "image": "folder.jpg"},
+            {"id": "no-image", "text": "Obama in Berlin"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
+                    "--on-missing-image", policy, expect={"error": 3, "skip": 0, "text-only": 0}[policy])
+    records = read_out(tmp_path / "out.jsonl", check)
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    for rec in (records[0], records[-1]):
+        assert rec["image_used"] is False and "image_error" not in rec and rec["entities"] is not None
+    kinds = ["ImageNotFound", "ImageUnreadable", "ImageUnreadable", "ImageUnreadable"]
+    if policy == "error":
+        assert [r["error"]["type"] for r in records[1:5]] == kinds
+    elif policy == "skip":
+        assert [r["skipped"]["reason"].split(":")[0] for r in records[1:5]] == kinds
+    else:  # the default: the model reads no image, so none is opened and nothing is reported
+        assert all("tokens" in r and "image_error" not in r for r in records), result.output
+
+
 def test_skipped_line_matches_the_schema(schema_validator):
     skipped = {"id": "x", "line": 2, "skipped": {"reason": "ImageNotFound: image not found: nope.jpg"}}
     assert [e.message for e in schema_validator.iter_errors(skipped)] == []
@@ -255,6 +286,7 @@ def test_skipped_line_matches_the_schema(schema_validator):
 
 
 # -- size ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_100k_character_post_is_fully_tagged(tiny_text_only_ner, tmp_path, check):
     import random
 
@@ -266,16 +298,12 @@ def test_100k_character_post_is_fully_tagged(tiny_text_only_ner, tmp_path, check
     text = " ".join(pieces)[:100_000].rstrip()
     assert len(text) >= 99_990
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "long", "text": text}, {"id": "short", "text": "Obama"}])
-    start = time.process_time()  # CPU seconds: robust to a busy machine, still catches quadratic blow-ups
-    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0")
-    seconds = time.process_time() - start
-    assert result.exit_code == 0, result.output
+    invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0", expect=0)
     long, short = read_out(tmp_path / "out.jsonl", check)
     assert len(long["tokens"]) == len(long["bio"]) > 5_000
     covered = sum(t["end"] - t["start"] for t in long["tokens"])
     assert covered == sum(1 for ch in text if not ch.isspace())  # nothing dropped
     assert short["tokens"][0]["text"] == "Obama"
-    assert seconds < 60, f"a 100k-character post took {seconds:.0f} CPU seconds"
 
 
 # -- order, determinism, chunks, workers -----------------------------------------------------------------------------
@@ -384,9 +412,8 @@ def test_shards_union_is_the_unsharded_output(order_input, reference_output, tin
     lines: list[bytes] = []
     for index in (1, 2, 3):
         out = tmp_path / f"shard{index}.jsonl"
-        result = invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "-b", "2",
-                        "--shard", f"{index}/3", "--num-workers", "0")
-        assert result.exit_code in (0, 3), result.output
+        invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "-b", "2", "--shard", f"{index}/3",
+               "--num-workers", "0", expect=0 if index == 1 else 3)  # bad lines 12 (shard 3) and 26 (shard 2)
         shard = out.read_bytes().splitlines()
         assert all((json.loads(x)["line"] - 1) % 3 == index - 1 for x in shard)
         lines.extend(shard)
@@ -465,6 +492,7 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(300, seed=3))
     reference = tmp_path / "reference.jsonl"
