@@ -7,8 +7,7 @@ sorted by length, decode, post-process; runs next to the model).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -20,6 +19,7 @@ from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output,
 from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
                                   relation_signature)
 from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
+from mmib_cli.runs.plan import PrepareSettings, RelationSettings
 from mmib_cli.text import Token, tokenize
 
 logger = logging.getLogger(__name__)
@@ -47,19 +47,6 @@ class Skipped:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.post.id, "line": self.post.line, "skipped": {"reason": self.reason}}
-
-
-@dataclass
-class PrepareSettings:
-    """How `prepare` reads a record: field names, where images live, what to do when one is missing."""
-
-    id_field: str = "id"
-    text_field: str = "text"
-    image_field: str = "image"
-    base_dir: Path = field(default_factory=Path.cwd)
-    image_root: Path | None = None
-    on_missing_image: str = "text-only"
-    image_size: int | None = None  # None: the model takes no image, so images are not decoded
 
 
 def word_tokens(post: InputPost) -> list[Token]:
@@ -131,16 +118,6 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
             return Skipped(post, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
-
-
-@dataclass
-class RelationSettings:
-    """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
-
-    pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = 0.0
-    keep_none: bool = False
-    type_constraints: bool = True
 
 
 def load_components(model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",

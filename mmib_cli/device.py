@@ -5,6 +5,8 @@ from enum import Enum
 
 import torch
 
+from mmib_cli.errors import UsageError
+
 
 class DType(str, Enum):
     AUTO = "auto"
@@ -17,7 +19,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     """Turn `auto|cpu|cuda|cuda:N|mps` into a torch device; `auto` prefers CUDA, then MPS, then CPU.
 
     Raises:
-        ValueError: the device is unknown or not available on this machine.
+        UsageError: the device is unknown or not available on this machine.
     """
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
@@ -30,16 +32,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
+            raise UsageError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
         device = torch.device(spec)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise UsageError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device
     if spec == "mps":
         if not _mps_available():
-            raise ValueError("device 'mps' requested but MPS is not available (try --device cpu)")
+            raise UsageError("device 'mps' requested but MPS is not available (try --device cpu)")
         return torch.device("mps")
-    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    raise UsageError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
@@ -52,7 +54,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     try:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec]
     except KeyError:
-        raise ValueError(f"unknown dtype {spec!r}: use auto, float32, float16 or bfloat16") from None
+        raise UsageError(f"unknown dtype {spec!r}: use auto, float32, float16 or bfloat16") from None
 
 
 def _mps_available() -> bool:

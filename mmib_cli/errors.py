@@ -21,6 +21,15 @@ class MMIBError(Exception):
     exit_code: ExitCode = ExitCode.FATAL
 
 
+class UsageError(MMIBError, ValueError):
+    """A command-line value is wrong (exit 2): the CLI reports it as a click usage error with the help hint.
+
+    Only values the user typed raise this; any other `ValueError` is a bug or a data problem, never a usage error.
+    """
+
+    exit_code = ExitCode.USAGE
+
+
 class CheckpointNotFound(MMIBError):
     """A `--model` value is neither a directory, a registry name nor a reachable hub repo."""
 

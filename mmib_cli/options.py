@@ -5,6 +5,8 @@ from typing import Callable
 
 import click
 
+from mmib_cli.runs.plan import Engine
+
 F = Callable[..., object]
 
 DEFAULT_MODEL = "mmib-default"
@@ -49,7 +51,7 @@ def pipeline_options(func: F) -> F:
         click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bar on a terminal (plain periodic log lines otherwise)."),
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        click.option("--engine", type=click.Choice([e.value for e in Engine]), default=Engine.LOCAL.value, show_default=True,
                      help="local: this machine; ray: Ray Data (pip install \"mmib[ray]\"), -o is then a directory "
                           "of JSONL shards."),
         click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
