@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from mmib_cli import __version__
+from mmib_cli._version import __version__
 from mmib_cli.errors import ExitCode, MMIBError, UsageError
-from mmib_cli.options import DEFAULT_MODEL, device_options, model_option, pipeline_options
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
+from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
 logger = logging.getLogger("mmib_cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -147,7 +148,7 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 
 
 @cli.command()
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
 @click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
@@ -159,7 +160,7 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--config", "config_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a model/training setting, e.g. --config beta_ar=0.1 (repeatable).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Maximum number of epochs.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_TRAIN_BATCH_SIZE, show_default=True,
               help="Training examples per step.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the text encoder.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the MMIB layers.")
@@ -189,12 +190,12 @@ def train(obj: dict, task: str, **options: Any) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @model_option
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Examples per forward pass.")
 @device_options
 @click.pass_obj

@@ -29,14 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
 from mmib_cli.errors import MMIBError, OutputExists, UsageError
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
 from mmib_cli.io.records import ErrorRecord
-from mmib_cli.runs import Engine, RunOptions, RunSummary, is_uri
+from mmib_cli.runs import RunOptions, RunSummary, is_uri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayAnnotator", "RayOptions", "run_ray"]
+__all__ = ["ENGINES", "RayAnnotator", "RayOptions", "run_ray"]
+
+ENGINES = tuple(Engine.values())
+"""Values of `--engine` (kept for callers of 0.1; the enum is `mmib_cli.choices.Engine`)."""
 
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".jsonl"
@@ -79,8 +83,9 @@ class RayOptions:
         Raises:
             UsageError: a Ray option was given without `--engine ray`, or a value is out of range.
         """
+        engine = Engine.parse(options.get("engine") or Engine.LOCAL, what="--engine")
         values = {key: options.pop(key, None) for key in ("address", "concurrency", "gpus_per_worker")}
-        if Engine(options.get("engine") or Engine.LOCAL) != Engine.RAY:
+        if engine is not Engine.RAY:
             given = [f"--{key.replace('_', '-')}" for key, value in values.items() if value is not None]
             if given:
                 raise UsageError(f"{', '.join(given)}: only with --engine ray")
@@ -111,10 +116,11 @@ class RayAnnotator:
         device, dtype, online, batch_size, max_tokens: as for `Annotator.from_pretrained`.
     """
 
-    def __init__(self, model: str = "mmib-default", *, mode: str = "annotate",
+    def __init__(self, model: str = DEFAULT_MODEL, *, mode: Mode | str = Mode.ANNOTATE,
                  relation_settings: Mapping[str, Any] | None = None,
-                 prepare_settings: Mapping[str, Any] | None = None, device: str = "auto", dtype: str = "auto",
-                 online: bool | None = None, batch_size: int = 32, max_tokens: int = 8192) -> None:
+                 prepare_settings: Mapping[str, Any] | None = None, device: str = DEFAULT_DEVICE,
+                 dtype: DType | str = DType.AUTO, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         from mmib_cli.offline import configure_network
 
         configure_network(online)  # before transformers is imported in this worker
@@ -126,7 +132,7 @@ class RayAnnotator:
         self.annotator = Annotator.from_pretrained(model, device=device, dtype=dtype, online=online,
                                                    batch_size=batch_size, max_tokens=max_tokens)
         self.settings = self.annotator.prepare_settings(**dict(prepare_settings or {}))
-        self.mode = mode
+        self.mode = Mode.parse(mode, what="mode")
         self.relation_settings = RelationSettings(**dict(relation_settings or {}))
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

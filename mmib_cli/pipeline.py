@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmib_cli.annotate import Annotator, prepare
 from mmib_cli.console import Progress
 from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
-from mmib_cli.runs import ChunkRule, Engine, PrepareSettings, RunOptions, RunSummary
+from mmib_cli.choices import Engine
+from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions, RunSummary
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
+from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
 from mmib_cli.data.datasets import WindowDataset, make_collate, read_examples
 from mmib_cli.device import resolve_device
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 class TrainOptions:
     """Everything `mmib train` takes (see its --help); `config` holds MMIBConfig overrides."""
 
-    task: str
+    task: ModelTask
     train_files: list[str]
     valid_files: list[str]
     output: str
@@ -36,7 +37,7 @@ class TrainOptions:
     image_encoder: str = "efficientnet-lite0"
     config: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE
     lr: float = 5e-5
     head_lr: float = 1e-3
     warmup_ratio: float = 0.06
@@ -47,9 +48,13 @@ class TrainOptions:
     max_train: int | None = None
     resume: bool = False
     num_workers: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: DType = DType.AUTO
     save_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        self.task = ModelTask.parse(self.task, what="task")
+        self.dtype = DType.parse(self.dtype, what="dtype")
 
     @classmethod
     def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from mmib_cli.cli import cli
 from mmib_cli.errors import InvalidCheckpoint, UsageError
-from mmib_cli.runs import ChunkRule, Engine, Mode, RunOptions, RunSummary
+from mmib_cli.choices import Engine, Mode
+from mmib_cli.runs import ChunkRule, RunOptions, RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mmib_cli.runs.plan import (ENGINE_TRAITS, ChunkRule, Engine, Mode, PrepareSettings, RelationSettings,
-                                RunOptions, Task, is_uri, parse_shard)
+from mmib_cli.runs.plan import (ENGINE_TRAITS, ChunkRule, PrepareSettings, RelationSettings, RunOptions, is_uri,
+                                parse_shard)
 from mmib_cli.runs.summary import RunSummary
 
-__all__ = ["ChunkRule", "Engine", "Mode", "PrepareSettings", "RelationSettings", "RunOptions", "RunSummary", "Task",
-           "execute", "is_uri", "parse_shard"]
+__all__ = ["ChunkRule", "PrepareSettings", "RelationSettings", "RunOptions", "RunSummary", "execute", "is_uri",
+           "parse_shard"]
 
 
 def execute(opts: RunOptions, engine_options: Any = None) -> RunSummary:

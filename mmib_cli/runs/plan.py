@@ -8,38 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MIN_SCORE, DEFAULT_MODEL,
+                              Command, DType, Engine, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, UsageError
 
-__all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ChunkRule", "Engine", "Mode", "PrepareSettings",
-           "RelationSettings", "RunOptions", "Task", "is_uri", "parse_shard"]
+__all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ENGINE_TRAITS", "ChunkRule", "EngineTraits", "PrepareSettings",
+           "RelationSettings", "RunOptions", "is_uri", "parse_shard"]
 
 T = TypeVar("T")
-
-
-class Task(StrEnum):
-    """The command: `mmib annotate` or `mmib relations`."""
-
-    ANNOTATE = "annotate"
-    RELATIONS = "relations"
-
-
-class Mode(StrEnum):
-    """What `Annotator.process` does with each post."""
-
-    ANNOTATE = "annotate"
-    ANNOTATE_RELATIONS = "annotate+relations"
-    RELATIONS = "relations"
-
-
-class Engine(StrEnum):
-    """Where a run's work runs (`--engine`)."""
-
-    LOCAL = "local"
-    RAY = "ray"
 
 
 @dataclass(frozen=True)
@@ -79,8 +58,11 @@ class PrepareSettings:
     image_field: str = "image"
     base_dir: Path = field(default_factory=Path.cwd)
     image_root: Path | None = None
-    on_missing_image: str = "text-only"
+    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
+
+    def __post_init__(self) -> None:
+        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
 
 
 @dataclass
@@ -88,7 +70,7 @@ class RelationSettings:
     """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
 
     pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
     keep_none: bool = False
     type_constraints: bool = True
 
@@ -132,20 +114,20 @@ def parse_shard(value: str) -> tuple[int, int]:
 class RunOptions:
     """Everything `mmib annotate` / `mmib relations` take (see their --help), checked by `from_cli`."""
 
-    task: Task
+    task: Command
     input_path: str
     output: str
     engine: Engine = Engine.LOCAL
-    model: str = "mmib-default"
+    model: str = DEFAULT_MODEL
     relations: bool = False
     pair: bool = False
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
     keep_none: bool = False
     type_constraints: bool = True
-    batch_size: int = 32
-    max_tokens: int = 8192
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tokens: int = DEFAULT_MAX_TOKENS
     num_workers: int | None = None
-    on_missing_image: str = "text-only"
+    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_root: str | None = None
     id_field: str = "id"
     text_field: str = "text"
@@ -155,13 +137,16 @@ class RunOptions:
     resume: bool = False
     force: bool = False
     progress: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: DType = DType.AUTO
     online: bool | None = None
     chunk_size: int = 0  # posts per prepared chunk; 0 = the default ChunkRule
 
     def __post_init__(self) -> None:
-        self.task, self.engine = Task(self.task), Engine(self.engine)
+        self.task = Command.parse(self.task, what="task")
+        self.engine = Engine.parse(self.engine, what="engine")
+        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
+        self.dtype = DType.parse(self.dtype, what="dtype")
 
     @classmethod
     def from_cli(cls, **options: Any) -> RunOptions:
@@ -207,14 +192,14 @@ class RunOptions:
     @property
     def mode(self) -> Mode:
         """The annotator mode of this command."""
-        if self.task == Task.RELATIONS:
+        if self.task == Command.RELATIONS:
             return Mode.RELATIONS
         return Mode.ANNOTATE_RELATIONS if self.relations else Mode.ANNOTATE
 
     @property
     def relation_settings(self) -> RelationSettings:
         """Relation options: `annotate --relations` classifies every found pair, `relations` the given ones."""
-        return RelationSettings(pair=self.pair or self.task == Task.ANNOTATE, min_score=self.min_score,
+        return RelationSettings(pair=self.pair or self.task == Command.ANNOTATE, min_score=self.min_score,
                                 keep_none=self.keep_none, type_constraints=self.type_constraints)
 
     def prepare_fields(self) -> dict[str, Any]:
@@ -255,7 +240,7 @@ class RunOptions:
         Raises:
             InvalidCheckpoint: a needed part is missing.
         """
-        needed = [("ner", self.task == Task.ANNOTATE), ("re", self.mode != Mode.ANNOTATE)]
+        needed = [("ner", self.task == Command.ANNOTATE), ("re", self.mode != Mode.ANNOTATE)]
         missing = [task for task, need in needed if need and task not in available]
         if missing:
             what = " and ".join("an entity (ner) model" if t == "ner" else "a relation (re) model" for t in missing)
