@@ -216,8 +216,19 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mmib")
+    """Console-script entry point.
+
+    SIGINT/SIGTERM end any command quietly with exit code 130/143, start-up (imports, model loading) included; a
+    second signal ends the process at once.
+    """
+    from mmib_cli.signals import Interrupted, install
+
+    install()
+    try:
+        cli(prog_name="mmib")
+    except Interrupted as exc:
+        logger.warning("interrupted by %s", exc)
+        sys.exit(128 + exc.signum)
 
 
 __all__ = ["cli", "main", "DEFAULT_MODEL", "ExitCode"]

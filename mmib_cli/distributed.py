@@ -23,6 +23,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ import numpy as np
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
 from mmib_cli.errors import MMIBError, OutputExists, UsageError
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
+from mmib_cli.io.lock import OutputLock
 from mmib_cli.io.records import ErrorRecord
 from mmib_cli.runs import RunOptions, RunSummary, is_uri
+from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +348,26 @@ def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSumma
     ray_options = ray_options or RayOptions()
     start = time.perf_counter()
     opts = replace(opts, engine=Engine.RAY).check()
+    summary = RunSummary()
+    with interruptible(), _output_lock(opts.output):
+        try:
+            _run(opts, ray_options, summary)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            summary.interrupted(getattr(exc, "signum", signal.SIGINT))
+            logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
+                           opts.output)
+    return summary.finish(time.perf_counter() - start)
+
+
+def _output_lock(output: str) -> Any:
+    """The exclusive lock of a local output directory (`OUTPUT_DIR.lock`); none for a URI."""
+    if is_uri(output):
+        return nullcontext()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    return OutputLock(Path(output))
+
+
+def _run(opts: RunOptions, ray_options: RayOptions, summary: RunSummary) -> None:
     ray = _import_ray()
     label = _check_model(opts)
     _check_input(opts.input_path)
@@ -357,7 +380,6 @@ def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSumma
         if ray_options.address is None:
             init_args["include_dashboard"] = False
         ray.init(**init_args)
-    summary = RunSummary()
     try:
         dataset = _build_dataset(ray, opts, ray_options)
         logger.info("annotating %s with %s on Ray (%s actors, %g GPU each) into %s", opts.input_path, label,
@@ -365,10 +387,6 @@ def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSumma
         try:
             for row in dataset.iter_rows():
                 summary.merge(json.loads(row["summary"]))
-        except KeyboardInterrupt:
-            summary.interrupted(signal.SIGINT)
-            logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
-                           opts.output)
         except Exception as exc:
             cause = _find_mmib_error(exc)
             if cause is not None:
@@ -377,7 +395,6 @@ def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSumma
     finally:
         if started:
             ray.shutdown()
-    return summary.finish(time.perf_counter() - start)
 
 
 def _build_dataset(ray: Any, opts: RunOptions, ray_options: RayOptions) -> Any:

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     PARTIAL = 3
     INTERRUPTED = 130  # SIGINT
+    BROKEN_PIPE = 141  # stdout's reader went away (SIGPIPE)
     TERMINATED = 143  # SIGTERM
 
 

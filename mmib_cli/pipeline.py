@@ -10,32 +10,33 @@ at the end; SIGINT/SIGTERM stop after the current chunk is flushed, leaving comp
 """
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import queue
-import signal
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmib_cli.annotate import Annotator, prepare
-from mmib_cli.console import Progress
-from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
 from mmib_cli.choices import Engine
+from mmib_cli.console import Progress
+from mmib_cli.errors import ExitCode, MMIBError
+from mmib_cli.io.jsonl import read_lines
+from mmib_cli.io.records import ErrorRecord, post_id
+from mmib_cli.io.writer import AtomicJSONLWriter, OutputClosed
 from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions, RunSummary
+from mmib_cli.runs.provenance import ModelInfo, RunFingerprint, describe_model, run_info_path
+from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """Raised in the main thread by the SIGTERM/SIGINT handler (a BaseException, like KeyboardInterrupt, so that
-    per-record error handling never mistakes it for a bad record)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+class InputFailed(MMIBError):
+    """Reading or preparing the input failed mid-run (an I/O error, a worker process that died)."""
 
 
 class _ChunkSource(IterableDataset):
@@ -59,7 +60,7 @@ class _ChunkSource(IterableDataset):
     def _has_image(self, obj: Any) -> bool:
         return isinstance(obj, dict) and obj.get(self.settings.image_field) is not None
 
-    def __iter__(self) -> Iterator[list]:
+    def __iter__(self) -> Iterator[list | bytes]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         chunk: list[tuple[int, Any]] = []
@@ -71,10 +72,51 @@ class _ChunkSource(IterableDataset):
             if len(chunk) >= self._size(index) or (self.max_images is not None and images >= self.max_images):
                 images = 0
                 if index % workers == worker:
-                    yield [prepare(line, obj, self.settings) for line, obj in chunk]
+                    yield self._prepare(chunk, in_worker=info is not None)
                 chunk, index = [], index + 1
         if chunk and index % workers == worker:
-            yield [prepare(line, obj, self.settings) for line, obj in chunk]
+            yield self._prepare(chunk, in_worker=info is not None)
+
+    def _prepare(self, chunk: list[tuple[int, Any]], *, in_worker: bool) -> list | bytes:
+        prepared = [prepare(line, obj, self.settings) for line, obj in chunk]
+        return _pack(chunk, prepared, self.settings) if in_worker else prepared
+
+
+class _Reprepare(NamedTuple):
+    """A line whose prepared form cannot be pickled (a value nested too deep): prepared again in the main process."""
+
+    line: int
+    json_text: str
+
+
+def _pack(chunk: list[tuple[int, Any]], prepared: list, settings: PrepareSettings) -> bytes:
+    """Pickle a prepared chunk in a worker process, so that no record can fail on its way back to the main process
+    (the queue would drop the whole chunk): a post that does not pickle travels as its JSON text instead."""
+    try:
+        return pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - RecursionError for deep values, or any object pickle refuses
+        pass
+    safe: list[Any] = []
+    for (line, obj), item in zip(chunk, prepared):
+        try:
+            pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            safe.append(item)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                safe.append(_Reprepare(line, json.dumps(obj)))
+            except Exception:  # noqa: BLE001
+                safe.append(ErrorRecord(post_id(obj, line, id_field=settings.id_field), line, "InvalidInput",
+                                        f"line {line}: the record cannot be passed between processes "
+                                        f"({type(exc).__name__}); rerun with --num-workers 0"))
+    return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(chunk: list | bytes, settings: PrepareSettings) -> list:
+    """The prepared chunk a worker packed (`_pack`), or a chunk prepared in this process as it is."""
+    if not isinstance(chunk, bytes):
+        return chunk
+    return [prepare(item.line, json.loads(item.json_text), settings) if isinstance(item, _Reprepare) else item
+            for item in pickle.loads(chunk)]
 
 
 def _threaded(iterator: Iterator[list], depth: int = 2) -> Iterator[list]:
@@ -126,18 +168,78 @@ def _fork_ok() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def run_pipeline(opts: RunOptions) -> RunSummary:
+def run_pipeline(opts: RunOptions, *, annotator: Annotator | None = None) -> RunSummary:
     """Annotate `opts.input_path` into `opts.output` on this machine; returns the summary (also logged on stderr).
 
+    The output is locked and checked, and a resumed output checked against what it was made from, before the model
+    loads. SIGINT/SIGTERM (also during start-up) end the run with exit code 130/143 after flushing complete lines.
+
+    Args:
+        opts: the run options.
+        annotator: an already loaded model to use instead of loading `opts.model` (benchmarks, notebooks).
+
     Raises:
-        MMIBError: fatal problems (model cannot load, output exists or cannot be written) before any output.
+        MMIBError: fatal problems: the model cannot load, the output is locked, exists or cannot be written, a
+            resumed output was made from another input/model/options, reading the input failed mid-run (complete
+            lines are kept in `OUTPUT.partial`).
     """
     start = time.perf_counter()
     opts = replace(opts, engine=Engine.LOCAL).check()
-    writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume)
-    annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, online=opts.online,
-                                          batch_size=opts.batch_size, max_tokens=opts.max_tokens)
-    opts.check_tasks([task for task in ("ner", "re") if getattr(annotator, task) is not None], annotator.model_label)
+    summary = RunSummary()
+    with interruptible():
+        try:
+            _run(opts, annotator, summary)
+        except Interrupted as exc:
+            summary.interrupted(exc.signum)
+    return summary.finish(time.perf_counter() - start)
+
+
+def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> None:
+    fingerprint: RunFingerprint | None = None
+
+    def record_provenance() -> None:  # called when OUTPUT.partial is created, before its first line
+        if fingerprint is not None and writer.path is not None:
+            fingerprint.write(run_info_path(writer.path))
+
+    writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume, on_open=record_provenance)
+    try:
+        with writer:
+            model = describe_model(opts.model, online=opts.online) if annotator is None else _describe(annotator)
+            opts.check_tasks(model.tasks, model.label)
+            if writer.path is not None and not writer.direct:
+                fingerprint = RunFingerprint.of(opts, model)
+                if writer.resumed_from is not None:
+                    fingerprint.check_resume(run_info_path(writer.path), opts.input_path, writer.resumed_from)
+            if annotator is None:
+                annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype,
+                                                      online=opts.online, batch_size=opts.batch_size,
+                                                      max_tokens=opts.max_tokens)
+            _annotate(opts, annotator, writer, summary)
+    except Interrupted as exc:
+        summary.interrupted(exc.signum)
+        logger.warning("interrupted by %s: %s", exc, _kept(writer))
+    except OutputClosed:  # `mmib annotate ... -o - | head`: the reader has what it wanted
+        summary.exit_code = ExitCode.BROKEN_PIPE
+        logger.info("stdout was closed by its reader after %d lines; stopped", writer.records_written)
+
+
+def _describe(annotator: Annotator) -> ModelInfo:
+    """ModelInfo of a model loaded by the caller (its files are not known: the label stands for them)."""
+    tasks = frozenset(task for task in ("ner", "re") if getattr(annotator, task) is not None)
+    return ModelInfo(annotator.model_label, tasks, f"label:{annotator.model_label}")
+
+
+def _kept(writer: AtomicJSONLWriter) -> str:
+    """What an interrupted or failed run leaves, for its last message."""
+    if writer.partial_path is not None and writer.partial_path.exists():
+        return f"the complete lines are kept in {writer.partial_path}; continue with --resume"
+    if writer.path is None or writer.direct:
+        return f"{writer.records_written} complete lines were written"
+    return "nothing was written"
+
+
+def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter, summary: RunSummary) -> None:
+    """The run proper: read and prepare chunks, annotate them, write and count every record in input order."""
     if annotator.ner is not None and annotator.ner.image_info is None:
         logger.info("model %s was trained without images: posts are annotated from their text only",
                     annotator.model_label)
@@ -147,46 +249,49 @@ def run_pipeline(opts: RunOptions) -> RunSummary:
     # 0.78 vs 0.74 with photos on half the posts)
     workers = opts.num_workers if opts.num_workers is not None else (2 if annotator.device.type == "cuda" else 0)
     mode, relation_settings = opts.mode, opts.relation_settings
-    summary = RunSummary()
-    with writer:
-        done = frozenset(line for line, _ in writer.done_lines)
-        summary.resumed = len(done)
-        source = _ChunkSource(opts, settings, opts.chunk_rule, done)
-        previous = _install_signal_handlers()
-        try:
-            with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
-                for chunk in _chunks(source, workers):
-                    for record in annotator.process(chunk, mode, relation_settings):
-                        writer.write(record)
-                        summary.count(record)
-                    writer.flush()
-                    progress.advance(len(chunk))
-        except Interrupted as exc:
+    done = frozenset(line for line, _ in writer.done_lines)
+    summary.resumed = len(done)
+    source = _ChunkSource(opts, settings, opts.chunk_rule, done)
+    with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
+        for chunk in _read(source, workers, writer):
+            for record in annotator.process(chunk, mode, relation_settings):
+                summary.count(_write(writer, record))
             writer.flush()
-            summary.interrupted(exc.signum)
+            progress.advance(len(chunk))
+
+
+def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iterator[list]:
+    """The prepared chunks in input order; a failure of the reader or of a worker process ends the run.
+
+    Raises:
+        InputFailed: reading or preparing the input failed (an I/O error, a worker that died).
+    """
+    chunks = _chunks(source, workers)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except MMIBError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any reader/worker failure is fatal, never a silent loss
+            logger.debug("reading the input failed", exc_info=True)
             writer.abort()
-            logger.warning("interrupted by %s: %d complete lines kept in %s; continue with --resume", exc,
-                           writer.records_written, writer.partial_path or "stdout")
-        finally:
-            _restore_signal_handlers(previous)
-    return summary.finish(time.perf_counter() - start)
+            raise InputFailed(f"reading {source.opts.input_path} failed ({type(exc).__name__}: {exc}); "
+                              f"{_kept(writer)}") from exc
+        yield _unpack(chunk, source.settings)
 
 
-def _install_signal_handlers() -> dict[int, Any]:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum: int, frame: Any) -> None:
-        for other in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the final flush
-            signal.signal(other, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for signum, old in previous.items():
-        signal.signal(signum, old)
+def _write(writer: AtomicJSONLWriter, record: dict[str, Any]) -> dict[str, Any]:
+    """Write one output record; one that cannot be encoded as JSON becomes the error record of its line."""
+    try:
+        writer.write(record)
+        return record
+    except (TypeError, ValueError, RecursionError) as exc:
+        if "line" not in record or writer.closed:
+            raise
+        line = record["line"]
+        error = ErrorRecord(record.get("id", line), line, "InvalidInput",
+                            f"line {line}: the output record cannot be written as JSON ({type(exc).__name__})")
+        writer.write(error)
+        return error.to_json()

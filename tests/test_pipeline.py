@@ -412,6 +412,8 @@ def test_model_without_the_needed_part_fails_before_writing(order_input, tiny_te
 # -- resume ----------------------------------------------------------------------------------------------------------
 def test_resume_repairs_a_cut_last_line(order_input, reference_output, tiny_text_only_ner, tmp_path):
     out = tmp_path / "out.jsonl"
+    assert invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0").exit_code == 3
+    out.unlink()  # keep out.jsonl.run.json: what the "interrupted" run was made from
     lines = reference_output.splitlines(keepends=True)
     cut = b"".join(lines[:13]) + lines[13][: len(lines[13]) // 2]  # a kill in the middle of line 14
     (tmp_path / "out.jsonl.partial").write_bytes(cut)
@@ -424,7 +426,8 @@ def test_resume_repairs_a_cut_last_line(order_input, reference_output, tiny_text
 
 def test_resume_of_a_finished_output_changes_nothing(order_input, reference_output, tiny_text_only_ner, tmp_path):
     out = tmp_path / "out.jsonl"
-    out.write_bytes(reference_output)
+    assert invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0").exit_code == 3
+    assert out.read_bytes() == reference_output
     result = invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--resume", "--num-workers", "0")
     assert result.exit_code == 0, result.output  # nothing left to do, no new error records
     assert out.read_bytes() == reference_output

@@ -101,11 +101,11 @@ def test_a_failing_reader_is_fatal_and_keeps_the_partial(posts, reference, tiny_
 
     monkeypatch.setattr(pipeline, "read_lines", failing)
     out = tmp_path / "out.jsonl"
-    result = invoke("annotate", posts, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0")
+    result = invoke("annotate", posts, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0", "-b", "2")
     assert result.exit_code == 1 and "Traceback" not in result.output
     [message] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert "Input/output error" in message and "out.jsonl.partial" in message
-    assert _complete_prefix(partial_path(out).read_bytes(), reference) <= 6
+    assert _complete_prefix(partial_path(out).read_bytes(), reference) == 6  # chunks of 2 and 4 lines
 
 
 # -- 3. one run per output --------------------------------------------------------------------------------------
@@ -330,3 +330,11 @@ def test_a_closed_stdout_ends_quietly(tiny_text_only_ner, tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode in (0, 141), stderr.decode()
     assert b"Traceback" not in stderr and b"Error" not in stderr
+
+
+def test_the_ray_engine_locks_its_output_directory(posts, tmp_path):
+    shards = tmp_path / "shards"
+    with OutputLock(shards):
+        result = invoke("annotate", posts, "-o", shards, "--engine", "ray")
+    assert result.exit_code == 1 and "in use by another mmib run" in result.stderr
+    assert not shards.exists()

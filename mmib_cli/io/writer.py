@@ -201,6 +201,11 @@ class AtomicJSONLWriter:
         return True
 
     @property
+    def closed(self) -> bool:
+        """Whether the writer was closed, aborted or failed."""
+        return self._closed
+
+    @property
     def records_written(self) -> int:
         """Number of records written by this writer (not counting resumed ones)."""
         return self._written
@@ -314,7 +319,7 @@ class AtomicJSONLWriter:
         if self._closed:
             return
         try:
-            if self._opened and self._buffer:
+            if self._buffer:  # complete lines queued before the stop
                 self.flush()
         finally:
             self._closed = True

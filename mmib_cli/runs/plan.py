@@ -6,6 +6,7 @@ prepare and relation settings, task check and chunk size. An engine (`pipeline.p
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,16 @@ class ChunkRule:
     size: int
     max_images: int | None = None
     first: int | None = None
+
+
+def _same_file(input_path: str, output: str) -> bool:
+    """Whether OUTPUT names INPUT (the same file, through a symlink or a hard link too)."""
+    if "-" in (input_path, output) or is_uri(input_path) or is_uri(output):
+        return False
+    try:
+        return os.path.samefile(input_path, output)
+    except OSError:  # the output does not exist yet
+        return False
 
 
 def is_uri(path: str) -> bool:
@@ -181,6 +192,11 @@ class RunOptions:
                 raise UsageError(f"{name} {value}: URIs need --engine ray")
         if self.input_path != "-" and not is_uri(self.input_path) and not Path(self.input_path).is_file():
             raise UsageError(f"input {self.input_path} does not exist or is not a file")
+        if self.resume and self.input_path == "-":
+            raise UsageError("--resume needs INPUT to be a regular file it can check against the interrupted run, "
+                             "not stdin")
+        if traits.output == "file" and _same_file(self.input_path, self.output):
+            raise UsageError(f"output {self.output} is the input file: give another -o")
         if traits.uris:  # workers may run in another directory
             for key in ("input_path", "output", "image_root"):
                 value = getattr(self, key)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Interrupted", "interruptible"]
+__all__ = ["Interrupted", "install", "interruptible"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -31,6 +31,12 @@ def _first(signum: int, frame: Any) -> None:
 
 def _second(signum: int, frame: Any) -> None:
     os._exit(128 + signum)  # complete lines are already in OUTPUT.partial; --resume repairs a cut last line
+
+
+def install() -> None:
+    """For the rest of the process: the first SIGINT/SIGTERM raises `Interrupted`, a second exits at once."""
+    for signum in _SIGNALS:
+        signal.signal(signum, _first)
 
 
 @contextmanager
