@@ -14,7 +14,7 @@ import torch
 
 from mmib_cli.checkpoint.model_io import LoadedModel, load_model
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
-                              DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
+                              DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
@@ -118,16 +118,6 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
             return Skipped(post, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
-
-
-@dataclass
-class RelationSettings:
-    """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
-
-    pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = DEFAULT_MIN_SCORE
-    keep_none: bool = False
-    type_constraints: bool = True
 
 
 def load_components(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,

@@ -208,7 +208,7 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
             opts.check_tasks(model.tasks, model.label)
             if writer.path is not None and not writer.direct:
                 fingerprint = RunFingerprint.of(opts, model)
-                if writer.resumed_from is not None:
+                if writer.resumed_from is not None and writer.done_lines:  # lines made from another run's input?
                     fingerprint.check_resume(run_info_path(writer.path), opts.input_path, writer.resumed_from)
             if annotator is None:
                 annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype,
