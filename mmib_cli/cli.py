@@ -215,6 +215,70 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
             json.dump(metrics, fh, indent=2)
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Show a random sample of N posts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--thumb-size", type=click.IntRange(0), default=160, show_default=True,
+              help="Longest side of the embedded photo thumbnails in pixels (0: no photos).")
+@click.option("--page-size", type=click.IntRange(1), default=50, show_default=True, help="Posts per page.")
+@click.option("--title", default=None, help="Page title (default: the input file name).")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+def report(input_path: str, **options: Any) -> None:
+    """Write one self-contained HTML page to review an annotate output: highlights, photos, charts, filters.
+
+    Example: mmib report out.jsonl -o report.html --image-root samples
+    """
+    from mmib_cli.report import ReportOptions, build_report
+
+    result = _run(build_report, ReportOptions(input=input_path, **options))
+    click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
+               err=True)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", required=False,
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--format", "format_", type=click.Choice(["label-studio", "conll"]), default="label-studio",
+              show_default=True, help="label-studio: JSON tasks with pre-annotations; conll: word<TAB>BIO lines.")
+@click.option("-o", "--output", default=None, help="File to write, or - for stdout (required with INPUT).")
+@click.option("--label-config", is_flag=True,
+              help="Print the Label Studio labeling config matching the tasks (uses --model's relation labels).")
+@model_option
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--image-url-prefix", default=None, metavar="URL",
+              help="data.image = URL/<image path relative to the image root>, for images served over HTTP.")
+@click.option("--local-files-root", type=click.Path(file_okay=False), default=None,
+              help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: data.image = /data/local-files/?d=<path "
+                   "below it>.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+@click.pass_obj
+def export(obj: dict, input_path: str | None, format_: str, output: str | None, label_config: bool, model: str,
+           **options: Any) -> None:
+    """Turn an annotate output into Label Studio tasks with pre-annotations (or CoNLL), or print the labeling config.
+
+    Example: mmib export out.jsonl --format label-studio -o tasks.json; mmib export --label-config > config.xml
+    """
+    from mmib_cli import export as exporting
+
+    if label_config:
+        relations = _run(exporting.model_relation_labels, model, online=obj.get("online"))
+        click.echo(exporting.label_config(relations), nl=False)
+        return
+    if input_path is None or output is None:
+        raise click.UsageError("give INPUT and -o OUTPUT (or --label-config)")
+    opts = exporting.ExportOptions(input=input_path, output=output, format=format_, **options)
+    result = _run(exporting.export, opts)
+    click.echo(f"{result.output}: {result.exported} posts exported, {result.left_out} error/skipped records left out",
+               err=True)
+
+
 def main() -> None:
     """Console-script entry point.
 

@@ -25,7 +25,7 @@ from mmib_cli.annotate import Annotator, prepare
 from mmib_cli.choices import Engine
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, MMIBError
-from mmib_cli.io.jsonl import read_lines
+from mmib_cli.io.jsonl import is_stream_input, read_lines
 from mmib_cli.io.records import ErrorRecord, post_id
 from mmib_cli.io.writer import AtomicJSONLWriter, OutputClosed
 from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions, RunSummary
@@ -155,7 +155,7 @@ def _threaded(iterator: Iterator[list], depth: int = 2) -> Iterator[list]:
 
 
 def _chunks(source: _ChunkSource, num_workers: int) -> Iterator[list]:
-    if num_workers == 0 or source.opts.input_path == "-":
+    if num_workers == 0 or is_stream_input(source.opts.input_path):  # a pipe can be read once, by one reader
         return _threaded(iter(source))
     loader = DataLoader(source, batch_size=None, num_workers=num_workers, prefetch_factor=2,
                         collate_fn=lambda x: x, multiprocessing_context="fork" if _fork_ok() else None)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MIN_SCORE, DEFAULT_MODEL,
                               Command, DType, Engine, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, UsageError
+from mmib_cli.io.jsonl import input_base_dir
 
 __all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ENGINE_TRAITS", "ChunkRule", "EngineTraits", "PrepareSettings",
            "RelationSettings", "RunOptions", "is_uri", "parse_shard"]
@@ -61,6 +62,7 @@ class PrepareSettings:
     image_root: Path | None = None
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
+    max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
 
     def __post_init__(self) -> None:
         self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
@@ -89,6 +91,19 @@ class ChunkRule:
     size: int
     max_images: int | None = None
     first: int | None = None
+
+
+def _check_input_path(input_path: str) -> None:
+    """Accept `-`, a file, or a readable stream (a FIFO, `<(zcat a.gz)`); raise a UsageError naming what it is else."""
+    if input_path == "-":
+        return
+    path = Path(input_path)
+    if path.is_dir():
+        raise UsageError(f"input {input_path} is a directory; give a JSONL file (or - for stdin)")
+    if not path.exists():
+        raise UsageError(f"input {input_path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"input {input_path} is not readable (permission denied)")
 
 
 def _same_file(input_path: str, output: str) -> bool:
@@ -190,8 +205,8 @@ class RunOptions:
         for name, value in (("input", self.input_path), ("-o", self.output)):
             if is_uri(value) and not traits.uris:
                 raise UsageError(f"{name} {value}: URIs need --engine ray")
-        if self.input_path != "-" and not is_uri(self.input_path) and not Path(self.input_path).is_file():
-            raise UsageError(f"input {self.input_path} does not exist or is not a file")
+        if not is_uri(self.input_path):
+            _check_input_path(self.input_path)
         if self.resume and self.input_path == "-":
             raise UsageError("--resume needs INPUT to be a regular file it can check against the interrupted run, "
                              "not stdin")
@@ -221,8 +236,7 @@ class RunOptions:
     def prepare_fields(self) -> dict[str, Any]:
         """`PrepareSettings` fields except the image size (the model's): relative images resolve against the
         input's folder (the working directory for stdin and URIs) unless `--image-root` is given."""
-        local = self.input_path != "-" and not is_uri(self.input_path)
-        base_dir = Path(self.input_path).resolve().parent if local else Path.cwd()
+        base_dir = Path.cwd() if is_uri(self.input_path) else input_base_dir(self.input_path)
         return {"id_field": self.id_field, "text_field": self.text_field, "image_field": self.image_field,
                 "base_dir": base_dir, "on_missing_image": self.on_missing_image,
                 "image_root": Path(self.image_root) if self.image_root else None}
