@@ -294,14 +294,16 @@ def test_a_signal_during_start_up_exits_quietly(posts, tiny_text_only_ner, tmp_p
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(_mmib("annotate", posts, "-o", out, "-m", tiny_text_only_ner), cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.5)  # importing torch and loading the model take longer
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "out.jsonl.lock").exists():
+        time.sleep(0.01)  # the output is locked just before the model is resolved and loaded
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal")
     assert proc.returncode == code, stderr.decode()
     assert b"Traceback" not in stderr and b"Aborted" not in stderr
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "out.jsonl.lock").exists()
 
 
 def test_a_second_sigint_exits_at_once(tiny_text_only_ner, tmp_path):
