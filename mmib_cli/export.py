@@ -24,6 +24,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
+from mmib_cli.errors import UsageError
 from mmib_cli.io.outputs import read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.report import LABEL_COLOURS
@@ -58,7 +59,7 @@ class ImageRefs:
 
     def __post_init__(self) -> None:
         if self.url_prefix and self.local_files_root:
-            raise ValueError("give either --image-url-prefix or --local-files-root, not both")
+            raise UsageError("give either --image-url-prefix or --local-files-root, not both")
 
     def reference(self, image: Any) -> str:
         """`data.image` for an output record's image field ("" when the post has none or it cannot be referenced).

@@ -25,6 +25,7 @@ from mmib_cli.data.labelstudio import (
     to_sentence,
 )
 from mmib_cli.data.writers import write_conll, write_mnre
+from mmib_cli.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def corrections_files(task: str, exports: list[str], out_dir: Path, *, holdout: 
         (training file, held-out file or None, counts: tasks, used posts, held-out posts, examples).
 
     Raises:
-        ValueError: no usable training example is left.
+        UsageError: no usable training example is left.
     """
     posts, totals = [], ReadStats()
     for path in exports:
@@ -83,7 +84,7 @@ def corrections_files(task: str, exports: list[str], out_dir: Path, *, holdout: 
     n_train = write(train_file, examples(train_posts))
     n_held = write(held_file, examples(held_posts)) if held_posts else 0
     if n_train == 0:
-        raise ValueError(f"{', '.join(exports)}: no reviewed {task} example to train on "
+        raise UsageError(f"{', '.join(exports)}: no reviewed {task} example to train on "
                          f"({totals.tasks} tasks, {totals.unlabelled} without annotations"
                          f"{'' if use_predictions else '; --use-predictions uses the predictions of those'})")
     counts = {"tasks": totals.tasks, "posts": len(posts), "train_posts": len(train_posts),
@@ -103,13 +104,13 @@ def finetune(opts: Any, *, holdout: float = 0.2, use_predictions: bool = False) 
         use_predictions: train on the predictions of tasks nobody annotated.
 
     Raises:
-        ValueError: no `--init`, nothing to select the epoch on, or no usable correction.
+        UsageError: no `--init`, nothing to select the epoch on, or no usable correction.
     """
     from mmib_cli.evaluate import evaluate_file
     from mmib_cli.train import train
 
     if not opts.init:
-        raise ValueError("training on a Label Studio export continues a checkpoint: give --init CHECKPOINT "
+        raise UsageError("training on a Label Studio export continues a checkpoint: give --init CHECKPOINT "
                          "(e.g. --init mmib-default)")
     exports = [f for f in opts.train_files if is_label_studio_export(f)]
     others = [f for f in opts.train_files if f not in exports]
@@ -119,7 +120,7 @@ def finetune(opts: Any, *, holdout: float = 0.2, use_predictions: bool = False) 
                                                       use_predictions=use_predictions)
     selection = [str(held_file)] if held_file else list(opts.valid_files)
     if not selection:
-        raise ValueError("nothing to select the epoch on: hold out part of the corrections (--holdout) or give "
+        raise UsageError("nothing to select the epoch on: hold out part of the corrections (--holdout) or give "
                          "--valid")
     eval_sets = {"holdout": held_file} if held_file else {}
     eval_sets.update({f"valid:{f}": Path(f) for f in opts.valid_files})

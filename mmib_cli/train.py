@@ -258,13 +258,13 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
     bundle = read_bundle(directory)
     if bundle is not None:
         if task not in bundle:
-            raise ValueError(f"--init {spec}: the bundle has no {task} part (it has {', '.join(sorted(bundle))})")
+            raise UsageError(f"--init {spec}: the bundle has no {task} part (it has {', '.join(sorted(bundle))})")
         directory = bundle[task]
     found = read_config(directory).get("task")
     if found != task:
-        raise ValueError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
+        raise UsageError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
     if overrides:
-        raise ValueError(f"--config {', '.join(sorted(overrides))}: a model started with --init keeps its "
+        raise UsageError(f"--config {', '.join(sorted(overrides))}: a model started with --init keeps its "
                          "checkpoint's architecture")
     return load_model(directory, device="cpu", for_inference=False)
 

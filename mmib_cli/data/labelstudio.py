@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 from mmib_cli.data.conll import ConllSentence
 from mmib_cli.data.mnre import MNREInstance
-from mmib_cli.errors import DataFormatError
+from mmib_cli.errors import DataFormatError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def split_holdout(posts: Sequence[ReviewedPost], fraction: float, seed: int) -> 
                                                                                         list[ReviewedPost]]:
     """Seeded split into (train, held-out): `round(fraction * n)` posts held out, at least one training post."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"--holdout must be in [0, 1), got {fraction}")
+        raise UsageError(f"--holdout must be in [0, 1), got {fraction}")
     order = list(range(len(posts)))
     random.Random(seed).shuffle(order)
     n_out = min(round(fraction * len(posts)), max(0, len(posts) - 1))
