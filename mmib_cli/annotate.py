@@ -13,11 +13,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from mmib_cli.checkpoint.model_io import LoadedModel, load_model
+from mmib_cli.checkpoint.model_io import LoadedModel
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
                               DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
-from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
+from mmib_cli.inference import predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
 from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
                                   relation_signature)
@@ -146,27 +146,6 @@ class RelationSettings:
     type_constraints: bool = True
 
 
-def load_components(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,
-                    dtype: str | DType = DType.AUTO,
-                    cache_dir: str | None = None, token: str | None = None,
-                    online: bool | None = None) -> dict[str, Any]:
-    """Resolve `model` and load its task models: `{"ner": LoadedModel?, "re": LoadedModel?, "label": str}`."""
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import read_bundle
-    from mmib_cli.device import resolve_device, resolve_dtype
-
-    resolved = resolve_model(model, revision=revision, cache_dir=cache_dir, token=token, online=online)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    parts = read_bundle(resolved.path) or {"single": resolved.path}
-    components: dict[str, Any] = {"label": resolved.label}
-    for path in parts.values():
-        loaded = load_model(path, device=torch_device, dtype=torch_dtype)
-        optimize_for_inference(loaded)
-        components[loaded.model.config.task] = loaded
-    return components
-
-
 class Annotator:
     """Annotate posts with entities (and relations) using an MMIB checkpoint (NER and/or RE models).
 
@@ -190,10 +169,11 @@ class Annotator:
                         token: str | None = None, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                         max_tokens: int = DEFAULT_MAX_TOKENS) -> "Annotator":
         """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
-        parts = load_components(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir,
-                                token=token, online=online)
-        return cls(parts.get("ner"), parts.get("re"), model_label=parts["label"], batch_size=batch_size,
-                   max_tokens=max_tokens)
+        from mmib_cli.checkpoint.loading import load_bundle
+
+        bundle = load_bundle(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, token=token,
+                             online=online)
+        return cls(bundle.ner, bundle.re, model_label=bundle.label, batch_size=batch_size, max_tokens=max_tokens)
 
     @property
     def device(self) -> torch.device:

@@ -40,10 +40,7 @@ if TYPE_CHECKING:  # the pipeline imports torch: the reader and writer tasks do 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "RayAnnotator", "RayOptions", "ray_pipeline_options", "run_ray"]
-
-ENGINES = tuple(Engine.values())
-"""Values of `--engine` (kept for callers of 0.1; the enum is `mmib_cli.choices.Engine`)."""
+__all__ = ["RayAnnotator", "RayOptions", "ray_pipeline_options", "run_ray"]
 
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".jsonl"

@@ -263,3 +263,21 @@ def test_directory_without_weights_is_invalid(tmp_path):
         load_model(tmp_path)
     with pytest.raises(InvalidCheckpoint, match="does not exist"):
         load_model(tmp_path / "nowhere")
+
+
+def test_load_bundle_gives_typed_task_models(tiny_bundle, tiny_text_only_ner):
+    from mmib_cli.checkpoint.loading import LoadedBundle, load_bundle
+    from mmib_cli.checkpoint.model_io import LoadedModel
+    from mmib_cli.errors import InvalidCheckpoint
+
+    both = load_bundle(str(tiny_bundle), device="cpu")
+    assert isinstance(both, LoadedBundle) and both.label
+    assert isinstance(both.ner, LoadedModel) and both.ner.model.config.task == "ner"
+    assert isinstance(both.re, LoadedModel) and both.re.model.config.task == "re"
+    assert both.require("re") is both.re and both.get("ner") is both.ner
+    single = load_bundle(str(tiny_text_only_ner), device="cpu")
+    assert single.re is None and single.ner.model.config.task == "ner"
+    with pytest.raises(InvalidCheckpoint, match="has no re model"):
+        single.require("re")
+    with pytest.raises(ValueError, match="task must be one of ner, re"):
+        single.get("rel")
