@@ -112,8 +112,8 @@ def annotate(obj: dict, input_path: str, **options: Any) -> None:
 @pipeline_options
 @click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "
               "(entities from the input, or found by NER when absent).")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Drop relations scored below this.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Drop relations scored below this (default: the model's relation_min_score, else 0).")
 @click.option("--keep-none", is_flag=True, help="Keep pairs classified as None.")
 @click.option("--type-constraints/--no-type-constraints", default=True, show_default=True,
               help="Allow only relations whose MNRE signature fits the entity types (/per/org/... for PER→ORG).")

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Command, DType,
-                              Engine, Mode)
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
 from mmib_cli.errors import ExitCode, MMIBError, OutputExists
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
 from mmib_cli.io.records import ErrorRecord
@@ -459,13 +458,10 @@ def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> Run
 
 def _build_dataset(ray: Any, opts: PipelineOptions, ray_options: RayOptions) -> Any:
     """read → annotate (actors) → write shards; rows of the result are per-shard counts."""
-    from mmib_cli.annotate import RelationSettings
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(opts.progress)
     mode = opts.mode
-    relation_settings = RelationSettings(pair=opts.pair or opts.task is Command.ANNOTATE, min_score=opts.min_score,
-                                         keep_none=opts.keep_none, type_constraints=opts.type_constraints)
+    relation_settings = opts.relation_settings
     base_dir = Path.cwd() if _is_uri(opts.input_path) else Path(opts.input_path).parent  # as the local pipeline
     prepare_settings = {"id_field": opts.id_field, "text_field": opts.text_field, "image_field": opts.image_field,
                         "base_dir": base_dir, "on_missing_image": opts.on_missing_image,

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmib_cli.annotate import Annotator, PrepareSettings, RelationSettings, prepare
-from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MIN_SCORE, DEFAULT_MODEL,
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PAIRS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
                               Command, DType, Mode, OnMissingImage)
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InvalidCheckpoint
@@ -47,7 +47,8 @@ class PipelineOptions:
     model: str = DEFAULT_MODEL
     relations: bool = False
     pair: bool = False
-    min_score: float = DEFAULT_MIN_SCORE
+    min_score: float | None = None  # None: the RE checkpoint's relation_min_score, else DEFAULT_MIN_SCORE
+    max_pairs: int = DEFAULT_MAX_PAIRS
     keep_none: bool = False
     type_constraints: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -79,6 +80,13 @@ class PipelineOptions:
         if self.task is Command.RELATIONS:
             return Mode.RELATIONS
         return Mode.ANNOTATE_RELATIONS if self.relations else Mode.ANNOTATE
+
+    @property
+    def relation_settings(self) -> RelationSettings:
+        """How relations are chosen and decoded (`annotate` always pairs up the entities it finds)."""
+        return RelationSettings(pair=self.pair or self.task is Command.ANNOTATE, min_score=self.min_score,
+                                keep_none=self.keep_none, type_constraints=self.type_constraints,
+                                max_pairs=self.max_pairs)
 
     @classmethod
     def from_cli(cls, **options: Any) -> "PipelineOptions":
@@ -258,8 +266,7 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
         id_field=opts.id_field, text_field=opts.text_field, image_field=opts.image_field, base_dir=base_dir,
         image_root=Path(opts.image_root) if opts.image_root else None, on_missing_image=opts.on_missing_image)
     mode = opts.mode
-    relation_settings = RelationSettings(pair=opts.pair or opts.task is Command.ANNOTATE, min_score=opts.min_score,
-                                         keep_none=opts.keep_none, type_constraints=opts.type_constraints)
+    relation_settings = opts.relation_settings
     device_type = annotator.device.type
     # CPU: a reader thread, not a worker process: the model already uses every core, and a second process costs more
     # than it overlaps (benchmarks/README.md, 2 cores: 0.92 vs 0.79 of the pure-forward rate on text-only posts,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,11 @@ class MMIBConfig:
         entity_markers: RE only: the four tokens inserted before/after the head and the tail (opaque here; see
             ``features.Featurizer``). Default the ``[unused0..3]`` pieces.
         encoder_tuning: how training treats the text encoder (opaque here, e.g. ``"full"``). Default ``"full"``.
+        relation_temperature: RE only: calibration temperature ``T`` applied to the relation probabilities at
+            inference (``softmax(logits / T)``), fitted on a validation split so that scores read as precision.
+            Default 1.0 (uncalibrated); never changes the predicted label.
+        relation_min_score: RE only: the default ``--min-score`` of ``annotate --relations`` / ``relations`` for
+            this checkpoint (a score in [0, 1] picked for a precision target), or None for the package default (0).
 
     Raises:
         ValueError: from ``__post_init__`` when a value is out of range or inconsistent; the message quotes it.
@@ -144,6 +150,8 @@ class MMIBConfig:
     stride: int = 32
     encoder_tuning: str = "full"
     entity_markers: list[str] = field(default_factory=lambda: ["[unused0]", "[unused1]", "[unused2]", "[unused3]"])
+    relation_temperature: float = 1.0
+    relation_min_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -199,6 +207,16 @@ class MMIBConfig:
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.encoder_tuning, str) or not self.encoder_tuning:
             raise ValueError(f"encoder_tuning must be a non-empty string, got {self.encoder_tuning!r}")
+        self._validate_relation_decoding()
+
+    def _validate_relation_decoding(self) -> None:
+        temperature, min_score = self.relation_temperature, self.relation_min_score
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not (math.isfinite(temperature) and 0.01 <= temperature <= 100.0)):
+            raise ValueError(f"relation_temperature must be a number in [0.01, 100], got {temperature!r}")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not 0.0 <= min_score <= 1.0):
+            raise ValueError(f"relation_min_score must be a score in [0, 1] or null, got {min_score!r}")
 
     # ------------------------------------------------------------------ derived values
     @property
