@@ -206,6 +206,31 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
         _run(write_metrics, metrics, output_json)
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Show a random sample of N posts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--thumb-size", type=click.IntRange(0), default=160, show_default=True,
+              help="Longest side of the embedded photo thumbnails in pixels (0: no photos).")
+@click.option("--page-size", type=click.IntRange(1), default=50, show_default=True, help="Posts per page.")
+@click.option("--title", default=None, help="Page title (default: the input file name).")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+def report(input_path: str, **options: Any) -> None:
+    """Write one self-contained HTML page to review an annotate output: highlights, photos, charts, filters.
+
+    Example: mmib report out.jsonl -o report.html --image-root samples
+    """
+    from mmib_cli.report import ReportOptions, build_report
+
+    result = _run(build_report, ReportOptions(input=input_path, **options))
+    click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
+               err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mmib")
