@@ -8,21 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from cli_helpers import invoke
 from mmib_cli import __version__
 from mmib_cli.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
-NETWORK_VARS = ("MMIB_OFFLINE", "HF_HUB_OFFLINE")
-
-
-def invoke(*args, env: dict | None = None, input: str | None = None):
-    """Run `mmib ARGS` in-process; the network variables the command sets are restored afterwards."""
-    isolated = {name: os.environ.get(name) for name in NETWORK_VARS}
-    isolated.update(env or {})
-    return CliRunner().invoke(cli, [str(a) for a in args], env=isolated, input=input, catch_exceptions=False)
 
 
 @pytest.fixture()
@@ -123,6 +115,7 @@ def _default_checkpoint_present() -> bool:
     return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_readme_quick_start_on_the_samples(tmp_path, monkeypatch):
     """`mmib annotate samples/posts.jsonl -o out.jsonl`, run from the repository root."""
     assert "mmib annotate samples/posts.jsonl -o out.jsonl" in README
