@@ -29,7 +29,7 @@ __all__ = [
     "relation_signature",
     "relations_from_scores",
     "select_pairs",
-    "spans_overlap",
+    "same_entity",
 ]
 
 ENTITY_TYPES: dict[str, str] = {"per": "PER", "org": "ORG", "loc": "LOC", "misc": "MISC"}
@@ -194,9 +194,16 @@ def is_symmetric(label: str) -> bool:
     return label.rsplit("/", 1)[-1] in SYMMETRIC_RELATION_NAMES
 
 
-def spans_overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two entities share a character (the same span counts as overlapping)."""
-    return int(a["start"]) < int(b["end"]) and int(b["start"]) < int(a["end"])
+def same_entity(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two mentions must not be related: overlapping spans (the same span included), or two mentions of
+    the same name (equal text ignoring case and a leading ``@``/``#``: ``Yale`` ... ``yale``)."""
+    if int(a["start"]) < int(b["end"]) and int(b["start"]) < int(a["end"]):
+        return True
+    return _name(a) == _name(b) != ""
+
+
+def _name(entity: Mapping[str, Any]) -> str:
+    return str(entity.get("text", "")).strip().lstrip("@#").casefold()
 
 
 @dataclass
@@ -238,7 +245,7 @@ def select_pairs(entities: Sequence[Mapping[str, Any]], labels: Sequence[str] = 
                  type_constraints: bool = True, max_pairs: int | None = None) -> PairSelection:
     """Choose the ordered entity pairs of one post to classify, nearest pairs first, at most ``max_pairs``.
 
-    A pair never relates an entity to itself or to an overlapping span. With ``type_constraints``, a direction
+    A pair never relates an entity to itself, to another mention of the same name or to an overlapping span. With ``type_constraints``, a direction
     whose entity types admit no relation but ``None`` is left out. When there are more than
     ``max_pairs`` candidates, pairs are taken in a fixed order, so a capped run is reproducible: entities sorted by
     position, then pairs of neighbours first (1 entity apart, then 2, ...), left to right; both directions of a pair
@@ -261,7 +268,7 @@ def select_pairs(entities: Sequence[Mapping[str, Any]], labels: Sequence[str] = 
     for gap in range(1, len(order)):
         for pos in range(len(order) - gap):
             a, b = order[pos], order[pos + gap]
-            if spans_overlap(entities[a], entities[b]):
+            if same_entity(entities[a], entities[b]):
                 continue
             directions = [(h, t) for h, t in ((a, b), (b, a)) if types.admits(entities[h], entities[t])]
             candidates += len(directions)
@@ -393,7 +400,8 @@ def relations_from_scores(
     allow (when ``type_constraints`` and both entities have a type) and renormalised; the best label wins. Then the
     rules that make the result consistent on open text apply to the two directions of each entity pair:
 
-    - an entity is never related to itself or to an overlapping span (such pairs give no record at all);
+    - an entity is never related to itself, to another mention of the same name, or to an overlapping span
+      (``same_entity``; such pairs give no record at all);
     - one relation per entity pair: the higher-scoring of the two directions' labels other than ``None`` wins;
     - an asymmetric relation (``parent``, ``contain``, ``member_of``...; see ``is_symmetric``) is emitted in the
       winning direction only; the other direction counts as ``None``;
@@ -422,7 +430,7 @@ def relations_from_scores(
     groups: dict[tuple[int, int], list[_Scored]] = {}
     for n, ((i, j), row) in enumerate(zip(pairs, rows)):
         values = calibrate(_check_probabilities(row, labels), temperature)
-        if i == j or spans_overlap(entities[i], entities[j]):
+        if i == j or same_entity(entities[i], entities[j]):
             continue
         groups.setdefault((min(i, j), max(i, j)), []).append(
             _score_pair(n, i, j, values, entities, labels, type_constraints))

@@ -212,7 +212,7 @@ def _entity(text: str, label: str, start: int) -> dict:
 
 def test_select_pairs_without_constraints_is_every_ordered_pair():
     def unlabelled(n):
-        return [{"text": "x", "start": 3 * i, "end": 3 * i + 1} for i in range(n)]
+        return [{"text": chr(97 + i), "start": 3 * i, "end": 3 * i + 1} for i in range(n)]
 
     assert select_pairs([]).pairs == [] and select_pairs(unlabelled(1)).pairs == []
     assert select_pairs(unlabelled(3)).pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]

@@ -45,6 +45,14 @@ def test_no_relation_to_itself_or_to_an_overlapping_span():
     assert selection.pairs == [(0, 3), (1, 3), (2, 3), (3, 0), (3, 1), (3, 2)]  # only pairs with Harvard
 
 
+def test_two_mentions_of_the_same_name_are_one_entity():
+    entities = [_entity("Yale", "ORG", 0), _entity("Harvard", "ORG", 10), _entity("yale", "ORG", 30),
+                _entity("#Yale", "ORG", 40)]
+    subsidiary = _probs({"/org/org/subsidiary": 1.0})
+    assert relations_from_scores(entities, [(0, 2), (2, 0), (0, 3)], [subsidiary] * 3, keep_none=True) == []
+    assert {frozenset(p) for p in select_pairs(entities).pairs} == {frozenset((1, k)) for k in (0, 2, 3)}
+
+
 # -- asymmetric relations: one direction ----------------------------------------------------------------------------
 @pytest.mark.parametrize("label", ASYMMETRIC)
 def test_asymmetric_relations_keep_only_the_higher_scoring_direction(label):
