@@ -478,7 +478,11 @@ def _bio_from_entities(tokens: Sequence[Token], entities: Sequence[dict]) -> lis
 
 
 def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
-    """The pairs an input record asks about: `pairs` [{head, tail}] with char offsets, or MNRE `h`/`t` word spans."""
+    """The pairs an input record asks about: `pairs` [{head, tail}] with char offsets, or MNRE `h`/`t` word spans.
+
+    Raises:
+        InputError: the record gives neither (without `--pair` there is nothing to classify), or a malformed pair.
+    """
     raw, tokens, text = prepared.post.raw, prepared.tokens, prepared.post.text
     pairs: list[tuple[dict, dict]] = []
     if isinstance(raw.get("pairs"), list):
@@ -489,6 +493,9 @@ def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
             pairs.append((_entity_from(pair["head"], text), _entity_from(pair["tail"], text)))
     elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
         pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))
+    else:
+        raise InputError(f'line {prepared.post.line}: no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
+                         'classify every ordered pair of its entities (given as "entities", or found by NER)')
     return pairs
 
 

@@ -191,3 +191,25 @@ def test_unknown_model_is_fatal_with_a_clear_message(small_input, tmp_path):
 def test_missing_input_is_a_usage_error(tmp_path):
     result = invoke("annotate", tmp_path / "nope.jsonl", "-o", tmp_path / "out.jsonl")
     assert result.exit_code == 2 and "nope.jsonl" in result.stderr
+
+
+def test_directory_input_says_it_is_a_directory(tmp_path):
+    result = invoke("annotate", tmp_path, "-o", tmp_path / "out.jsonl", expect=2)
+    assert f"input {tmp_path} is a directory" in result.stderr
+
+
+def test_named_pipe_input_is_accepted(tmp_path, tiny_text_only_ner):
+    """A FIFO (what `<(zcat a.gz)` gives as /dev/fd/N) is read once, by one reader, even with worker processes."""
+    import gzip
+    import threading
+
+    fifo = tmp_path / "posts.fifo"
+    os.mkfifo(fifo)
+    data = gzip.compress(b'{"id": "a", "text": "Obama visits Berlin"}\n\n{"id": "b", "text": "Kawhi Leonard"}\n')
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    writer.start()
+    result = invoke("annotate", fifo, "-o", "-", "-m", tiny_text_only_ner, "--num-workers", "2", expect=0)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["id"], r["line"]) for r in records] == [("a", 1), (2, 2), ("b", 3)]
+    assert records[1]["skipped"] == {"reason": "blank line"}
+    writer.join(timeout=60)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -119,7 +121,7 @@ def test_offline_empty_cache_fails_fast(hub: FakeHub, posts: Path, tmp_path: Pat
     hub.clear_requests()
     out = tmp_path / "out.jsonl"
     result = annotate(posts, out, REPO, "--offline", expect=1)
-    assert f"mmib download {REPO} --online" in result.stderr
+    assert f"mmib --online download {REPO}`" in result.stderr
     assert "not in the local cache" in result.stderr and result.stderr.startswith("Error: ")
     assert hub.requests == []  # not a single request
     assert not out.exists() and not Path(f"{out}.partial").exists()
@@ -129,8 +131,14 @@ def test_offline_empty_cache_fails_fast(hub: FakeHub, posts: Path, tmp_path: Pat
     assert hub.requests == []  # fails at once: not a single request, so no retry or timeout to wait for
 
     result = invoke("--offline", "download", f"{REPO}@v2", expect=1)
-    assert f"mmib download {REPO}@v2 --online" in result.stderr
+    assert f"mmib --online download {REPO}@v2`" in result.stderr
     assert hub.requests == []
+
+    # the hint is a command that runs as printed
+    command = re.search(r"fetch it with `([^`]+)`", result.stderr).group(1)
+    assert shlex.split(command)[0] == "mmib"
+    fetched = Path(invoke(*shlex.split(command)[1:], expect=0).stdout.strip())
+    assert fetched.name == hub.commit_sha(REPO, "v2")
 
 
 def test_revision_selection(hub: FakeHub, posts: Path, bundle_v2: Path, tiny_bundle: Path, tmp_path: Path) -> None:

@@ -593,3 +593,13 @@ def test_round_trip_read_write(tmp_path):
     validator = jsonschema.Draft202012Validator(output_schema())
     for record in records:
         validator.validate(record)
+
+
+def test_read_output_ignores_blank_lines_of_an_output_file(tmp_path):
+    from mmib_cli.io.outputs import read_output
+
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a", "line": 1}\n\n{bad\n')
+    records = list(read_output(path))
+    assert records[0] == {"id": "a", "line": 1} and records[1]["error"]["type"] == "InvalidJSON"
+    assert len(records) == 2

@@ -170,8 +170,8 @@ def test_eval_is_bit_for_bit_deterministic(ner_run, tmp_path):
 def test_eval_output_json_is_never_overwritten_without_force(ner_run, tmp_path):
     out = tmp_path / "metrics.json"
     out.write_text("keep me")
-    result = run_cli(["eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
-                      "--output-json", str(out)], expect=2)
+    result = invoke("eval", "ner", "--model", ner_run["out"], "--data", ner_run["valid"], "--output-json", out,
+                    expect=2)
     assert "already exists" in result.stderr and "--force" in result.stderr
     assert out.read_text() == "keep me"
     metrics, _ = eval_cli("ner", ner_run["out"], ner_run["valid"], out, "--force")

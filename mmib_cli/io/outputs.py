@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mmib_cli.io.jsonl import read_lines
-from mmib_cli.io.records import ErrorRecord
+from mmib_cli.io.records import ErrorRecord, SkippedRecord
 
 __all__ = ["read_output"]
 
@@ -20,4 +20,6 @@ def read_output(path: str | Path, *, limit: int | None = None) -> Iterator[dict[
     for number, value in read_lines(path):
         if limit is not None and number > limit:
             return
+        if isinstance(value, SkippedRecord):  # a blank line: not a record of the output
+            continue
         yield value.to_json() if isinstance(value, ErrorRecord) else value
