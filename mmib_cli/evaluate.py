@@ -12,6 +12,7 @@ import torch
 
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
+from mmib_cli.errors import UsageError
 from mmib_cli.inference import predict_ner, predict_re
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
     from mmib_cli.checkpoint.loading import load_bundle
 
     if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
-        raise ValueError(f"--images {images}: no such directory")
+        raise UsageError(f"--images {images}: no such directory")
     loaded = load_bundle(model, device=device, dtype=dtype, online=online).require(task)
     examples = read_examples(task, [data], loaded.featurizer, loaded.model.config.labels, images=images)
     metrics = score_examples(loaded, examples, batch_size=batch_size)
