@@ -7,21 +7,21 @@ sorted by length, decode, post-process; runs next to the model).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
 from mmib_cli.checkpoint.model_io import LoadedModel, load_model
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
-                              DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
+                              DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
 from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
                                   relation_signature)
 from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
+from mmib_cli.runs.plan import PrepareSettings, RelationSettings
 from mmib_cli.text import Token, tokenize
 
 logger = logging.getLogger(__name__)
@@ -40,23 +40,6 @@ class Prepared:
 
 Skipped = SkippedRecord
 """A post left out on purpose (a blank line, `--on-missing-image skip`): written as a `skipped` line, not an error."""
-
-
-@dataclass
-class PrepareSettings:
-    """How `prepare` reads a record: field names, where images live, what to do when one is missing."""
-
-    id_field: str = "id"
-    text_field: str = "text"
-    image_field: str = "image"
-    base_dir: Path = field(default_factory=Path.cwd)
-    image_root: Path | None = None
-    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
-    image_size: int | None = None  # None: the model takes no image, so images are not decoded
-    max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
-
-    def __post_init__(self) -> None:
-        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
 
 
 def word_tokens(post: InputPost) -> list[Token]:
@@ -134,16 +117,6 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
             return Skipped(post.id, post.line, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
-
-
-@dataclass
-class RelationSettings:
-    """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
-
-    pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = DEFAULT_MIN_SCORE
-    keep_none: bool = False
-    type_constraints: bool = True
 
 
 def load_components(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,

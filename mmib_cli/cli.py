@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mmib_cli._version import __version__
-from mmib_cli.errors import ExitCode, MMIBError
+from mmib_cli.errors import ExitCode, MMIBError, UsageError
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
 from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
@@ -29,7 +29,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> N
     from mmib_cli.console import setup_logging
     from mmib_cli.offline import configure_network
 
-    ctx.obj = {"online": configure_network(online)}
+    ctx.obj = {"online": configure_network(online), "verbose": verbose}
     setup_logging(-1 if quiet else verbose)
 
 
@@ -39,13 +39,24 @@ def _fail(exc: MMIBError) -> None:
 
 
 def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function; MMIBErrors become `Error: ...` on stderr plus their exit code."""
+    """Call a library function at the CLI boundary.
+
+    A `UsageError` (a bad command-line value) becomes a click usage error (exit 2); another MMIBError becomes
+    `Error: ...` on stderr plus its exit code. Anything else is a bug: its traceback with `-v`, else one
+    `Error:` line naming it (exit 1).
+    """
     try:
         return func(*args, **kwargs)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     except MMIBError as exc:
         _fail(exc)
-    except ValueError as exc:  # bad option values found by the library (device, shard, ...)
-        raise click.UsageError(str(exc)) from exc
+    except Exception as exc:
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
+            raise
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(int(ExitCode.FATAL))
 
 
 @cli.command()
@@ -127,13 +138,12 @@ def relations(obj: dict, input_path: str, **options: Any) -> None:
 
 
 def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
-    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
-    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+    from mmib_cli.distributed import RayOptions
+    from mmib_cli.runs import RunOptions, execute
 
-    ray_options = _run(RayOptions.from_cli, options)  # pops --engine/--address/...; None for --engine local
-    build = PipelineOptions.from_cli if ray_options is None else ray_pipeline_options
-    opts = _run(build, task=task, input_path=input_path, online=obj.get("online"), **options)
-    summary = _run(run_pipeline, opts) if ray_options is None else _run(run_ray, opts, ray_options)
+    ray_options = _run(RayOptions.from_cli, options)  # pops --address/...; None unless --engine ray
+    opts = _run(RunOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
+    summary = _run(execute, opts, ray_options)
     sys.exit(int(summary.exit_code))
 
 
@@ -270,8 +280,19 @@ def export(obj: dict, input_path: str | None, format_: str, output: str | None, 
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mmib")
+    """Console-script entry point.
+
+    SIGINT/SIGTERM end any command quietly with exit code 130/143, start-up (imports, model loading) included; a
+    second signal ends the process at once.
+    """
+    from mmib_cli.signals import Interrupted, install
+
+    install()
+    try:
+        cli(prog_name="mmib")
+    except Interrupted as exc:
+        logger.warning("interrupted by %s", exc)
+        sys.exit(128 + exc.signum)
 
 
 __all__ = ["cli", "main", "DEFAULT_MODEL", "ExitCode"]

@@ -10,6 +10,7 @@ import torch
 
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
+from mmib_cli.errors import UsageError
 from mmib_cli.inference import predict_ner, predict_re
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
     from mmib_cli.errors import InvalidCheckpoint
 
     if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
-        raise ValueError(f"--images {images}: no such directory")
+        raise UsageError(f"--images {images}: no such directory")
     components = load_components(model, device=device, dtype=dtype, online=online)
     loaded = components.get(task)
     if loaded is None:

@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 
 from mmib_cli.errors import ExitCode, InputUnreadable, InvalidInput, MMIBError, OutputExists
-from mmib_cli.io.jsonl import AtomicJSONLWriter, dumps_line, is_stream_input, partial_path, read_lines
+from mmib_cli.io.jsonl import dumps_line, is_stream_input, read_lines
+from mmib_cli.io.writer import AtomicJSONLWriter, partial_path
 from mmib_cli.io.records import (
     ErrorRecord,
     InputError,
@@ -433,26 +434,20 @@ def test_writer_empty_run_creates_empty_output(tmp_path):
     assert out.read_bytes() == b""
 
 
-def test_writer_makes_one_write_call_per_record(tmp_path):
+def test_writer_pushes_only_whole_lines(tmp_path, monkeypatch):
+    import mmib_cli.io.writer as writer_module
+
     calls: list[bytes] = []
+    real = writer_module._write_all
+    monkeypatch.setattr(writer_module, "_write_all", lambda fd, data: (calls.append(bytes(data)), real(fd, data)))
     writer = AtomicJSONLWriter(tmp_path / "out.jsonl").open()
-
-    class Recorder:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def write(self, data):
-            calls.append(bytes(data))
-            return self.inner.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    writer._file = Recorder(writer._file)
     writer.write({"line": 1, "text": "x" * 100_000})
     writer.write({"line": 2, "text": "y"})
+    writer.flush()
+    writer.write({"line": 3, "text": "z"})
     writer.close()
-    assert len(calls) == 2 and all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in calls)
+    assert len(calls) == 2 and all(c.endswith(b"\n") for c in calls)
+    assert [c.count(b"\n") for c in calls] == [2, 1]
 
 
 def test_writer_refuses_existing_output(tmp_path):
