@@ -226,3 +226,12 @@ def test_a_clean_clone_stays_clean():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *products], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
     assert ignored == products
+
+
+def test_every_subpackage_is_installed():
+    """`pip install .` ships only the packages pyproject.toml lists: a new subpackage must be listed there."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "mmib_cli").rglob("__init__.py")}
+    assert found - listed == set()
