@@ -226,4 +226,3 @@ def test_a_clean_clone_stays_clean():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *products], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
     assert ignored == products
-
