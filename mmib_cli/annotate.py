@@ -323,12 +323,12 @@ class Annotator:
         info = loaded.image_info
         if info is None:
             return None, None
-        pixels, present = stack_images([p.pixels for p in posts], info.image_size)
+        # one image at a time: an image's floats never depend on the other posts of the chunk
+        images = [normalize_pixels(p.pixels, mean=info.mean, std=info.std)
+                  if p.pixels is not None and p.pixels.dtype == torch.uint8 else p.pixels for p in posts]
+        pixels, present = stack_images(images, info.image_size)
         if pixels is None:
             return None, None
-        if pixels.dtype == torch.uint8:
-            pixels = normalize_pixels(pixels, mean=info.mean, std=info.std)
-            pixels[~present] = 0
         return pixels.to(next(loaded.model.parameters()).dtype), present
 
     def _run_ner(self, posts: Sequence[Prepared], entities: dict[int, list], bio: dict[int, list[str]]) -> None:
