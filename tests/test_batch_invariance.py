@@ -288,7 +288,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli
         assert not out.exists()
     result = invoke("annotate", cli_input, "-o", out, "-m", tiny_bundle, "--relations", "-b", "4", "--resume",
                     "--num-workers", "0")
-    assert result.exit_code == 3, result.output
+    assert result.exit_code in (0, 3), result.output  # 3 only if the malformed line was left for this run
     assert out.read_bytes() == cli_reference
 
 
