@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from mmib_cli import __version__
-from mmib_cli.errors import ExitCode, MMIBError
-from mmib_cli.options import DEFAULT_MODEL, device_options, model_option, pipeline_options
+from mmib_cli._version import __version__
+from mmib_cli.errors import ExitCode, MMIBError, UsageError
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
+from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
 logger = logging.getLogger("mmib_cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -28,7 +29,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> N
     from mmib_cli.console import setup_logging
     from mmib_cli.offline import configure_network
 
-    ctx.obj = {"online": configure_network(online)}
+    ctx.obj = {"online": configure_network(online), "verbose": verbose}
     setup_logging(-1 if quiet else verbose)
 
 
@@ -38,13 +39,24 @@ def _fail(exc: MMIBError) -> None:
 
 
 def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function; MMIBErrors become `Error: ...` on stderr plus their exit code."""
+    """Call a library function at the CLI boundary.
+
+    A `UsageError` (a bad command-line value) becomes a click usage error (exit 2); another MMIBError becomes
+    `Error: ...` on stderr plus its exit code. Anything else is a bug: its traceback with `-v`, else one
+    `Error:` line naming it (exit 1).
+    """
     try:
         return func(*args, **kwargs)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     except MMIBError as exc:
         _fail(exc)
-    except ValueError as exc:  # bad option values found by the library (device, shard, ...)
-        raise click.UsageError(str(exc)) from exc
+    except Exception as exc:
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
+            raise
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(int(ExitCode.FATAL))
 
 
 @cli.command()
@@ -126,18 +138,17 @@ def relations(obj: dict, input_path: str, **options: Any) -> None:
 
 
 def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
-    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
-    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+    from mmib_cli.distributed import RayOptions
+    from mmib_cli.runs import RunOptions, execute
 
-    ray_options = _run(RayOptions.from_cli, options)  # pops --engine/--address/...; None for --engine local
-    build = PipelineOptions.from_cli if ray_options is None else ray_pipeline_options
-    opts = _run(build, task=task, input_path=input_path, online=obj.get("online"), **options)
-    summary = _run(run_pipeline, opts) if ray_options is None else _run(run_ray, opts, ray_options)
+    ray_options = _run(RayOptions.from_cli, options)  # pops --address/...; None unless --engine ray
+    opts = _run(RunOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
+    summary = _run(execute, opts, ray_options)
     sys.exit(int(summary.exit_code))
 
 
 @cli.command()
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
 @click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
@@ -149,7 +160,7 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--config", "config_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a model/training setting, e.g. --config beta_ar=0.1 (repeatable).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Maximum number of epochs.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_TRAIN_BATCH_SIZE, show_default=True,
               help="Training examples per step.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the text encoder.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the MMIB layers.")
@@ -179,12 +190,12 @@ def train(obj: dict, task: str, **options: Any) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @model_option
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Examples per forward pass.")
 @device_options
 @click.pass_obj
@@ -204,9 +215,84 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
             json.dump(metrics, fh, indent=2)
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Show a random sample of N posts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--thumb-size", type=click.IntRange(0), default=160, show_default=True,
+              help="Longest side of the embedded photo thumbnails in pixels (0: no photos).")
+@click.option("--page-size", type=click.IntRange(1), default=50, show_default=True, help="Posts per page.")
+@click.option("--title", default=None, help="Page title (default: the input file name).")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+def report(input_path: str, **options: Any) -> None:
+    """Write one self-contained HTML page to review an annotate output: highlights, photos, charts, filters.
+
+    Example: mmib report out.jsonl -o report.html --image-root samples
+    """
+    from mmib_cli.report import ReportOptions, build_report
+
+    result = _run(build_report, ReportOptions(input=input_path, **options))
+    click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
+               err=True)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", required=False,
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--format", "format_", type=click.Choice(["label-studio", "conll"]), default="label-studio",
+              show_default=True, help="label-studio: JSON tasks with pre-annotations; conll: word<TAB>BIO lines.")
+@click.option("-o", "--output", default=None, help="File to write, or - for stdout (required with INPUT).")
+@click.option("--label-config", is_flag=True,
+              help="Print the Label Studio labeling config matching the tasks (uses --model's relation labels).")
+@model_option
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--image-url-prefix", default=None, metavar="URL",
+              help="data.image = URL/<image path relative to the image root>, for images served over HTTP.")
+@click.option("--local-files-root", type=click.Path(file_okay=False), default=None,
+              help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: data.image = /data/local-files/?d=<path "
+                   "below it>.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+@click.pass_obj
+def export(obj: dict, input_path: str | None, format_: str, output: str | None, label_config: bool, model: str,
+           **options: Any) -> None:
+    """Turn an annotate output into Label Studio tasks with pre-annotations (or CoNLL), or print the labeling config.
+
+    Example: mmib export out.jsonl --format label-studio -o tasks.json; mmib export --label-config > config.xml
+    """
+    from mmib_cli import export as exporting
+
+    if label_config:
+        relations = _run(exporting.model_relation_labels, model, online=obj.get("online"))
+        click.echo(exporting.label_config(relations), nl=False)
+        return
+    if input_path is None or output is None:
+        raise click.UsageError("give INPUT and -o OUTPUT (or --label-config)")
+    opts = exporting.ExportOptions(input=input_path, output=output, format=format_, **options)
+    result = _run(exporting.export, opts)
+    click.echo(f"{result.output}: {result.exported} posts exported, {result.left_out} error/skipped records left out",
+               err=True)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mmib")
+    """Console-script entry point.
+
+    SIGINT/SIGTERM end any command quietly with exit code 130/143, start-up (imports, model loading) included; a
+    second signal ends the process at once.
+    """
+    from mmib_cli.signals import Interrupted, install
+
+    install()
+    try:
+        cli(prog_name="mmib")
+    except Interrupted as exc:
+        logger.warning("interrupted by %s", exc)
+        sys.exit(128 + exc.signum)
 
 
 __all__ = ["cli", "main", "DEFAULT_MODEL", "ExitCode"]

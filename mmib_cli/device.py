@@ -1,23 +1,19 @@
 """Device and dtype resolution: the only module that inspects the hardware."""
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
+from mmib_cli.choices import DEFAULT_DEVICE, DType
+from mmib_cli.errors import UsageError
 
-class DType(str, Enum):
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
+_TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: str = DEFAULT_DEVICE) -> torch.device:
     """Turn `auto|cpu|cuda|cuda:N|mps` into a torch device; `auto` prefers CUDA, then MPS, then CPU.
 
     Raises:
-        ValueError: the device is unknown or not available on this machine.
+        UsageError: the device is unknown or not available on this machine.
     """
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
@@ -30,29 +26,46 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
+            raise UsageError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
         device = torch.device(spec)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise UsageError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device
     if spec == "mps":
         if not _mps_available():
-            raise ValueError("device 'mps' requested but MPS is not available (try --device cpu)")
+            raise UsageError("device 'mps' requested but MPS is not available (try --device cpu)")
         return torch.device("mps")
-    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    raise UsageError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on CUDA (bfloat16 where supported) and float32 elsewhere."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
+def resolve_dtype(spec: str | DType, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on CUDA (bfloat16 where supported) and float32 elsewhere.
+
+    Raises:
+        ValueError: `spec` is not a `DType` value.
+    """
+    dtype = DType.parse(spec or DType.AUTO, what="dtype")
+    if dtype is DType.AUTO:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec]
-    except KeyError:
-        raise ValueError(f"unknown dtype {spec!r}: use auto, float32, float16 or bfloat16") from None
+    return torch_dtype(dtype)
+
+
+def torch_dtype(spec: str | DType | torch.dtype) -> torch.dtype:
+    """A concrete floating dtype: a torch dtype as it is, or a `DType` value other than `auto`.
+
+    Raises:
+        ValueError: `spec` names no concrete dtype (or is `auto`, which needs a device: use `resolve_dtype`).
+    """
+    if isinstance(spec, torch.dtype):
+        if not spec.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float16), got {spec!r}")
+        return spec
+    dtype = DType.parse(spec, what="dtype")
+    if dtype is DType.AUTO:
+        raise ValueError("dtype 'auto' depends on the device: resolve it with resolve_dtype(spec, device)")
+    return _TORCH_DTYPES[dtype]
 
 
 def _mps_available() -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable
+from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def parse_image_encoder(value: str) -> dict[str, Any]:
     """`efficientnet-lite0`, `resnet50[:WEIGHTS_FILE]`, `tiny-cnn` or `none` → an image-encoder spec."""
     name, _, weights = value.partition(":")
     if name not in IMAGE_ENCODER_ALIASES:
-        raise ValueError(f"unknown image encoder {value!r}: use efficientnet-lite0, resnet50[:FILE], tiny-cnn or none")
+        raise UsageError(f"unknown image encoder {value!r}: use efficientnet-lite0, resnet50[:FILE], tiny-cnn or none")
     spec = dict(IMAGE_ENCODER_ALIASES[name])
     if name == "resnet50" and weights:
         spec["weights"] = str(Path(weights).expanduser().resolve())

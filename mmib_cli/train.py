@@ -13,10 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
+from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
 from mmib_cli.data.datasets import WindowDataset, make_collate, read_examples
 from mmib_cli.device import resolve_device
 from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
+from mmib_cli.errors import UsageError
 from mmib_cli.evaluate import score_examples
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 class TrainOptions:
     """Everything `mmib train` takes (see its --help); `config` holds MMIBConfig overrides."""
 
-    task: str
+    task: ModelTask
     train_files: list[str]
     valid_files: list[str]
     output: str
@@ -35,7 +37,7 @@ class TrainOptions:
     image_encoder: str = "efficientnet-lite0"
     config: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE
     lr: float = 5e-5
     head_lr: float = 1e-3
     warmup_ratio: float = 0.06
@@ -46,9 +48,13 @@ class TrainOptions:
     max_train: int | None = None
     resume: bool = False
     num_workers: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: DType = DType.AUTO
     save_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        self.task = ModelTask.parse(self.task, what="task")
+        self.dtype = DType.parse(self.dtype, what="dtype")
 
     @classmethod
     def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":
@@ -56,7 +62,7 @@ class TrainOptions:
         for item in config_overrides:
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+                raise UsageError(f"--config expects KEY=VALUE, got {item!r}")
             try:
                 overrides[key.strip()] = json.loads(value)
             except json.JSONDecodeError:
@@ -109,7 +115,10 @@ def make_config(opts: TrainOptions, *, images_found: bool):
                                   use_image=info is not None, trained_with_images=bool(images_found and info),
                                   text_encoder=text_spec, image_encoder=image_spec)
     values.update(opts.config)
-    return MMIBConfig(**values)
+    try:
+        return MMIBConfig(**values)
+    except (TypeError, ValueError) as exc:  # an unknown key or an impossible value given with --config
+        raise UsageError(f"--config {' '.join(f'{k}={v}' for k, v in opts.config.items())}: {exc}") from exc
 
 
 def _optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
@@ -143,7 +152,7 @@ def train(opts: TrainOptions) -> TrainResult:
     else:
         image_spec = parse_image_encoder(opts.image_encoder)
         if opts.images and not Path(opts.images).is_dir():
-            raise ValueError(f"--images {opts.images}: no such directory")
+            raise UsageError(f"--images {opts.images}: no such directory")
         images_found = bool(opts.images and any(Path(opts.images).iterdir()))
         config = make_config(opts, images_found=images_found and image_spec["source"] != "none")
         loaded = build_model(config, load_image_backbone=config.trained_with_images)

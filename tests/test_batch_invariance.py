@@ -175,6 +175,7 @@ def _record_bytes(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["annotate+relations", "relations-given-pairs", "relations-pair"])
 def test_records_are_byte_identical_whatever_the_batching(mode, bundle_annotator, relation_posts):
     """Library API: each record alone == the same post's record in random orders, chunks, batch sizes."""
@@ -234,6 +235,7 @@ def _by_line(data: bytes) -> dict[int, bytes]:
     return {json.loads(raw)["line"]: raw for raw in data.splitlines(keepends=True)}
 
 
+@pytest.mark.slow
 def test_shards_batch_sizes_and_limit_give_the_same_lines(cli_input, cli_reference, tiny_bundle, tmp_path):
     reference = _by_line(cli_reference)
     union: dict[int, bytes] = {}
@@ -257,6 +259,7 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli_input, cli_reference, tiny_bundle,
                                                                               tmp_path):
     """Killed twice (after a random number of lines, with different batch sizes), then resumed to the end."""
@@ -292,19 +295,21 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli
     assert out.read_bytes() == cli_reference
 
 
+@pytest.mark.slow
 def test_ray_gives_the_local_lines(cli_input, cli_reference, tiny_bundle, tmp_path):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
+    from mmib_cli.distributed import RayOptions, run_ray
+    from mmib_cli.runs import RunOptions
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     shards = tmp_path / "shards"
     try:
-        run_ray(ray_pipeline_options(task="annotate", output=str(shards), input_path=str(cli_input),
-                                     model=str(tiny_bundle), relations=True, batch_size=3, progress=False,
-                                     online=False), RayOptions(concurrency=2))
+        run_ray(RunOptions(task="annotate", input_path=str(cli_input), output=str(shards), engine="ray",
+                           model=str(tiny_bundle), relations=True, batch_size=3, progress=False, online=False),
+                RayOptions(concurrency=2))
     finally:
         ray.shutdown()
     lines: dict[int, bytes] = {}

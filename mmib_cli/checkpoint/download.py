@@ -13,7 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmib_cli import __version__, offline
+from mmib_cli import offline
+from mmib_cli._version import __version__
 from mmib_cli.errors import CheckpointNotFound, HubAccessDenied, MMIBError, OfflineUnavailable
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,10 @@ def fetch_command(repo_id: str, revision: str | None = None, *, name: str | None
         name: the name the user typed (e.g. a registry name), used instead of `repo_id@revision`.
 
     Returns:
-        e.g. "mmib download org/name@v1 --online".
+        e.g. "mmib --online download org/name@v1" (`--online` is a global option: it goes before the command).
     """
     target = name if name is not None else (f"{repo_id}@{revision}" if revision else repo_id)
-    return f"mmib download {target} --online"
+    return f"mmib --online download {target}"
 
 
 @contextlib.contextmanager

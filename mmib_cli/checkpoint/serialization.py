@@ -56,19 +56,6 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     _atomic_write(path, lambda handle: handle.write(text))
 
 
-def _resolve_dtype(dtype: Any) -> torch.dtype | None:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-    name = aliases.get(str(dtype).lower(), str(dtype).lower())
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float16), got {dtype!r}")
-    return value
-
-
 def save_state(
     directory: str | Path,
     config: Mapping[str, Any],
@@ -95,7 +82,9 @@ def save_state(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = _resolve_dtype(dtype)
+    from mmib_cli.device import torch_dtype
+
+    target = None if dtype is None else torch_dtype(dtype)
     config_text = json.dumps(dict(config), indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # fail before writing
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -143,9 +132,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InvalidCheckpoint(f"{path} is missing: {directory} is not an mmib checkpoint directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is nested too deeply") from None
     if not isinstance(data, dict):
-        raise InvalidCheckpoint(f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} must hold a JSON object, "
+                                f"got {type(data).__name__}")
     return data
 
 
@@ -242,8 +234,9 @@ def read_bundle(directory: str | Path) -> dict[str, Path] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is not valid JSON "
+                                f"({exc or 'nested too deeply'})") from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise InvalidCheckpoint(f"{path} must be a JSON object with \"format\": \"{BUNDLE_FORMAT}\"")
     result: dict[str, Path] = {}
