@@ -21,8 +21,7 @@ import torch
 
 from cli_helpers import VOCAB, invoke, parse_jsonl, write_jsonl
 from mmib_cli.features import Window
-from mmib_cli.inference import (LENGTH_STEP, ROW_ALIGN, RowAlignedLinear, length_batches, padded_length,
-                                predict_ner, predict_re)
+from mmib_cli.inference import LENGTH_STEP, ROW_ALIGN, RowAlignedLinear, length_batches, padded_length, predict_re
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 6
@@ -120,15 +119,12 @@ def _prepared(annotator, posts):
 
 def _ner_raw(annotator, prepared, batch_size: int, max_tokens: int) -> list[tuple]:
     """(tags, tag scores) per post, predicted with these posts as batch mates."""
-    loaded = annotator.ner
-    windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in prepared])
-    for k, ws in enumerate(windows):
-        for w in ws:
-            w.post = k
-    pixels, present = annotator._pixels(prepared, loaded)
-    preds = predict_ner(loaded, windows, batch_size=batch_size, max_tokens=max_tokens, pixel_values=pixels,
-                        image_present=present)
-    return [(p.tags, p.tag_scores) for p in preds]
+    saved = annotator.batch_size, annotator.max_tokens
+    annotator.batch_size, annotator.max_tokens = batch_size, max_tokens
+    try:
+        return [(p.tags, p.tag_scores) for p in annotator._ner_predictions(prepared)]
+    finally:
+        annotator.batch_size, annotator.max_tokens = saved
 
 
 def _re_raw(annotator, prepared, batch_size: int, max_tokens: int) -> list[list[bytes]]:
