@@ -73,6 +73,30 @@ def test_row_aligned_linear_rows_do_not_depend_on_the_row_count(threads):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_image_features_do_not_depend_on_the_other_images(threads):
+    from mmib_cli.encoders import build_image_backbone
+    from mmib_cli.inference import IMAGE_BATCH, FixedImageBatches
+
+    backbone, info = build_image_backbone({"source": "tiny-cnn"})
+    wrapped = FixedImageBatches(backbone.eval())
+    torch.manual_seed(0)
+    probe = torch.randn(3, info.image_size, info.image_size)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            want = wrapped(probe[None])[0]
+            for count in range(1, 3 * IMAGE_BATCH + 2):
+                images = torch.randn(count, *probe.shape)
+                at = (count * 5) // 3 % count
+                images[at] = probe
+                out = wrapped(images)
+                assert out.shape[0] == count and torch.equal(out[at], want), count
+    finally:
+        torch.set_num_threads(previous)
+
+
 # -- posts -----------------------------------------------------------------------------------------------------------
 def _posts(images: dict[str, Path], n: int, seed: int, long_words: tuple[int, int] = (40, 90),
            long_share: float = 0.25) -> list[dict]:
