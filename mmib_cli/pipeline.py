@@ -255,7 +255,7 @@ def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter,
     with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
         for chunk in _read(source, workers, writer):
             for record in annotator.process(chunk, mode, relation_settings):
-                summary.count(_write(writer, record))
+                summary.count(writer.write(record))
             writer.flush()
             progress.advance(len(chunk))
 
@@ -281,17 +281,3 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iter
                               f"{_kept(writer)}") from exc
         yield _unpack(chunk, source.settings)
 
-
-def _write(writer: AtomicJSONLWriter, record: dict[str, Any]) -> dict[str, Any]:
-    """Write one output record; one that cannot be encoded as JSON becomes the error record of its line."""
-    try:
-        writer.write(record)
-        return record
-    except (TypeError, ValueError, RecursionError) as exc:
-        if "line" not in record or writer.closed:
-            raise
-        line = record["line"]
-        error = ErrorRecord(record.get("id", line), line, "InvalidInput",
-                            f"line {line}: the output record cannot be written as JSON ({type(exc).__name__})")
-        writer.write(error)
-        return error.to_json()

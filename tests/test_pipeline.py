@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import UNICODE_TEXT, invoke, make_posts, parse_jsonl, read_out, write_jsonl
+from cli_helpers import UNICODE_TEXT, invoke, make_posts, parse_jsonl, read_out, subprocess_env, write_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- one run over every kind of bad input (each case asserted by its own test) ---------------------------------------
@@ -491,12 +490,6 @@ def test_partial_left_over_needs_resume_or_force(order_input, tiny_text_only_ner
     assert result.exit_code == 2 and "--resume" in result.stderr
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("MMIB_OFFLINE", None)
-    return env
-
-
 @pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(300, seed=3))
@@ -508,7 +501,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, 
     partial = tmp_path / "out.jsonl.partial"
     cmd = [sys.executable, "-m", "mmib_cli", "annotate", str(src), "-o", str(out), "-m", str(tiny_text_only_ner),
            "-b", "2", "--num-workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -568,3 +561,25 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
     assert rec["image_used"] is True and rec["image"] == "pics/b.jpg"
 
 
+
+
+def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text_only_ner, tmp_path, monkeypatch,
+                                                                       check):
+    """A NaN produced after reading (a broken model's score) never aborts the run nor reaches the output."""
+    import mmib_cli.annotate as annotate
+
+    make_output = annotate.make_output
+
+    def nan_score(post, **kwargs):
+        record = make_output(post, **kwargs)
+        if post.id == "broken":
+            record["score"] = float("nan")
+        return record
+
+    monkeypatch.setattr(annotate, "make_output", nan_score)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "text": "Obama"}, {"id": "broken", "text": "Obama"}])
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
+                    expect=3)
+    ok, broken = read_out(tmp_path / "out.jsonl", check)
+    assert "error" not in ok and broken["id"] == "broken" and broken["error"]["type"] == "UnserializableRecord"
+    assert "1 errors" in result.stderr  # the summary counts what was written

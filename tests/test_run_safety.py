@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import invoke, make_posts, write_jsonl
+from cli_helpers import invoke, make_posts, subprocess_env, write_jsonl
 
 from mmib_cli.errors import MMIBError
 from mmib_cli.io.lock import OutputLock
@@ -21,7 +21,6 @@ from mmib_cli.io.writer import OutputWriteError, partial_path
 from mmib_cli.pipeline import run_pipeline
 from mmib_cli.runs import RunOptions
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -279,12 +278,6 @@ def test_dev_full_is_one_error_line(posts, tiny_text_only_ner):
 
 
 # -- 10. signals and pipes --------------------------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("MMIB_OFFLINE", None)
-    return env
-
-
 def _mmib(*args) -> list[str]:
     return [sys.executable, "-m", "mmib_cli", *map(str, args)]
 
@@ -293,7 +286,7 @@ def _mmib(*args) -> list[str]:
 def test_a_signal_during_start_up_exits_quietly(posts, tiny_text_only_ner, tmp_path, signum, code):
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(_mmib("annotate", posts, "-o", out, "-m", tiny_text_only_ner), cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "out.jsonl.lock").exists():
         time.sleep(0.01)  # the output is locked just before the model is resolved and loaded
@@ -310,7 +303,7 @@ def test_a_second_sigint_exits_at_once(tiny_text_only_ner, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(3000, seed=1))
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(_mmib("annotate", src, "-o", out, "-m", tiny_text_only_ner, "-b", "2", "--no-progress"),
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial = partial_path(out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size):
@@ -325,7 +318,7 @@ def test_a_second_sigint_exits_at_once(tiny_text_only_ner, tmp_path):
 def test_a_closed_stdout_ends_quietly(tiny_text_only_ner, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(2000, seed=2))
     proc = subprocess.Popen(_mmib("annotate", src, "-o", "-", "-m", tiny_text_only_ner, "-b", "4"), cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert json.loads(proc.stdout.readline())["line"] == 1  # `| head -1`
     proc.stdout.close()
     stderr = proc.stderr.read()
@@ -340,3 +333,30 @@ def test_the_ray_engine_locks_its_output_directory(posts, tmp_path):
         result = invoke("annotate", posts, "-o", shards, "--engine", "ray")
     assert result.exit_code == 1 and "in use by another mmib run" in result.stderr
     assert not shards.exists()
+
+
+def test_a_record_that_cannot_be_encoded_becomes_the_error_record_of_its_line(tmp_path):
+    from mmib_cli.io.writer import AtomicJSONLWriter
+
+    deep: list = []
+    for _ in range(5000):  # deeper than json.dumps can go
+        deep = [deep]
+    out = tmp_path / "out.jsonl"
+    with AtomicJSONLWriter(out) as writer:
+        written = writer.write({"id": "a", "line": 3, "meta": deep})
+        writer.write({"id": "b", "line": 4, "bad": {1, 2}})
+    first, second = (json.loads(x) for x in out.read_bytes().splitlines())
+    assert written == first and first["line"] == 3 and first["error"]["type"] == "InvalidInput"
+    assert second["id"] == "b" and "cannot be written as JSON" in second["error"]["message"]
+
+
+def test_a_ray_shard_that_cannot_be_written_is_one_clear_error(tmp_path):
+    pytest.importorskip("pyarrow")
+    import numpy as np
+
+    from mmib_cli.distributed import _write_shard
+
+    (tmp_path / "a-file").write_text("x")
+    batch = {"line": np.array([1]), "record": np.array([b'{"id":1,"line":1}\n'], dtype=object)}
+    with pytest.raises(OutputWriteError, match="cannot write shard .*part-000000000001.jsonl"):
+        _write_shard(batch, output=str(tmp_path / "a-file"))
