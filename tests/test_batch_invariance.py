@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import signal
 import subprocess
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import VOCAB, invoke, parse_jsonl, write_jsonl
+from cli_helpers import VOCAB, invoke, parse_jsonl, subprocess_env, write_jsonl
 from mmib_cli.features import Window
 from mmib_cli.inference import LENGTH_STEP, ROW_ALIGN, RowAlignedLinear, length_batches, padded_length, predict_re
 
-REPO = Path(__file__).resolve().parents[1]
 TRIALS = 6
 
 
@@ -273,12 +271,6 @@ def test_shards_batch_sizes_and_limit_give_the_same_lines(cli_input, cli_referen
     assert out.read_bytes().splitlines() == cli_reference.splitlines()[:23]
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("MMIB_OFFLINE", None)
-    return env
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli_input, cli_reference, tiny_bundle,
                                                                               tmp_path):
@@ -293,7 +285,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli
             args.append("--resume")
         start = partial.read_bytes().count(b"\n") if partial.exists() else 0
         stop = start + rng.randint(1, 15)
-        proc = subprocess.Popen(args, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 240
@@ -329,7 +321,7 @@ def test_ray_gives_the_local_lines(cli_input, cli_reference, tiny_bundle, tmp_pa
     try:
         run_ray(RunOptions(task="annotate", input_path=str(cli_input), output=str(shards), engine="ray",
                            model=str(tiny_bundle), relations=True, batch_size=3, progress=False, online=False),
-                RayOptions(concurrency=2))
+                RayOptions(concurrency=1))  # one actor: a second would leave no CPU for the read task
     finally:
         ray.shutdown()
     lines: dict[int, bytes] = {}
