@@ -251,11 +251,12 @@ class FixedImageBatches(nn.Module):
 
 
 def make_batch_invariant(model: nn.Module) -> None:
-    """Make each row of an inference forward a function of that row alone (with `length_batches` / `_collate`).
+    """Make each row of an inference forward a function of that row alone (with `length_batches` / `_forward`).
 
-    Linear layers become `RowAlignedLinear`, and the image backbone always sees `IMAGE_BATCH` images per call. The text encoder's
-    attention and the MMIB attention blocks are row-independent as long as every row has the same padded length,
-    which `length_batches` ensures. Idempotent; for inference only.
+    Linear layers become `RowAlignedLinear`, and the image backbone always sees `IMAGE_BATCH` images per call. The
+    text encoder's attention and the MMIB attention blocks are row-independent as long as every row of a batch has
+    the same padded length (`length_batches`) and a batch has at least two rows (`_forward`). Idempotent; for
+    inference only.
     """
     for module in model.modules():
         if type(module) is nn.Linear:
