@@ -149,7 +149,7 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
     """The annotator `mmib annotate` would load; `optimized=False` skips `optimize_for_inference` (the "before")."""
     from unittest import mock
 
-    from mmib_cli import annotate
+    from mmib_cli import annotate, inference
 
     def load() -> Any:
         return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
@@ -157,7 +157,7 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
 
     if optimized:
         return load()
-    with mock.patch.object(annotate, "optimize_for_inference", lambda loaded: None):
+    with mock.patch.object(inference, "optimize_for_inference", lambda loaded: None):  # imported when loading
         return load()
 
 
