@@ -162,6 +162,12 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of python, numpy and torch.")
 @click.option("--max-train", type=click.IntRange(1), default=None, help="Use only the first N training examples.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/last/ if present.")
+@click.option("--init", default=None, metavar="CHECKPOINT",
+              help="Continue training from a checkpoint (directory, registry name such as mmib-default, or hub "
+                   "id; a bundle gives its TASK part): its adapters, heads and MMIB layers are the start.")
+@click.option("--reverse-pairs/--no-reverse-pairs", default=False, show_default=True,
+              help="(re) Add every training pair reversed: asymmetric relations as None, symmetric ones with "
+                   "their label.")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
               help="DataLoader worker processes (image decoding).")
 @device_options

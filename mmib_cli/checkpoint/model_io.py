@@ -47,7 +47,7 @@ def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel
     apply_encoder_tuning(text_encoder, config.encoder_tuning)
     model = MMIBModel(config, text_encoder, backbone)
     featurizer = Featurizer(tokenizer, max_length=config.max_length, stride=config.stride,
-                            markers=config.entity_markers)
+                            markers=config.entity_markers, hashtag_words=config.hashtag_words)
     return LoadedModel(model, featurizer, image_info)
 
 

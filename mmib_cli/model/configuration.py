@@ -111,6 +111,9 @@ class MMIBConfig:
         entity_markers: RE only: the four tokens inserted before/after the head and the tail (opaque here; see
             ``features.Featurizer``). Default the ``[unused0..3]`` pieces.
         encoder_tuning: how training treats the text encoder (opaque here, e.g. ``"full"``). Default ``"full"``.
+        hashtag_words: a one-word ``#hashtag`` is featurised like the two words ``#`` ``hashtag`` (label on the
+            name's first piece, the ``#`` piece with the symbol shape), so ``#darwin`` and ``# darwin`` give the
+            same input. Default ``False`` (checkpoints trained before it label the ``#`` piece).
 
     Raises:
         ValueError: from ``__post_init__`` when a value is out of range or inconsistent; the message quotes it.
@@ -144,6 +147,7 @@ class MMIBConfig:
     stride: int = 32
     encoder_tuning: str = "full"
     entity_markers: list[str] = field(default_factory=lambda: ["[unused0]", "[unused1]", "[unused2]", "[unused3]"])
+    hashtag_words: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -183,7 +187,7 @@ class MMIBConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         for name in ("use_image", "trained_with_images", "freeze_image_backbone", "use_word_shape", "use_kl",
-                     "use_ar"):
+                     "use_ar", "hashtag_words"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.ar_score not in AR_SCORES:
