@@ -72,8 +72,8 @@ class Featurizer:
     def prefix_pieces(self, word: str, pieces: Sequence[int]) -> int:
         """How many leading pieces of `word` are its hashtag signs (0 unless `hashtag_words`; at least one
         piece, the label's, is always left)."""
-        if self.hash_id is None or not word.startswith(HASHTAG):
-            return 0
+        if self.hash_id is None or not word.startswith(HASHTAG) or not word.lstrip(HASHTAG):
+            return 0  # not a hashtag, or only signs ('#', '##')
         count = 0
         while count < len(pieces) - 1 and pieces[count] == self.hash_id:
             count += 1
