@@ -1,7 +1,7 @@
 """mmib: multimodal named-entity and relation annotation of social-media posts with MMIB."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mmib_cli._version import __version__
 
 __all__ = ["Annotator", "MMIBConfig", "MMIBModel", "__version__"]
 

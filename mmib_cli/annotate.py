@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from mmib_cli.checkpoint.model_io import LoadedModel, load_model
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
+                              DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
@@ -23,8 +25,6 @@ from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
 from mmib_cli.text import Token, tokenize
 
 logger = logging.getLogger(__name__)
-
-ON_MISSING_IMAGE = ("text-only", "error", "skip")
 
 
 @dataclass
@@ -58,8 +58,11 @@ class PrepareSettings:
     image_field: str = "image"
     base_dir: Path = field(default_factory=Path.cwd)
     image_root: Path | None = None
-    on_missing_image: str = "text-only"
+    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
+
+    def __post_init__(self) -> None:
+        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
 
 
 def word_tokens(post: InputPost) -> list[Token]:
@@ -125,9 +128,9 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
         if not isinstance(exc, ImageError):
             exc = ImageError(f"image {post.image!r} cannot be used ({type(exc).__name__}: {exc})")
         kind = getattr(exc, "error_type", "ImageUnreadable")
-        if kind == "DecompressionBomb" or settings.on_missing_image == "error":
+        if kind == "DecompressionBomb" or settings.on_missing_image is OnMissingImage.ERROR:
             return ErrorRecord.from_exception(exc, id=post.id, line=post.line)
-        if settings.on_missing_image == "skip":
+        if settings.on_missing_image is OnMissingImage.SKIP:
             return Skipped(post, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
@@ -138,12 +141,13 @@ class RelationSettings:
     """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
 
     pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
     keep_none: bool = False
     type_constraints: bool = True
 
 
-def load_components(model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+def load_components(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,
+                    dtype: str | DType = DType.AUTO,
                     cache_dir: str | None = None, token: str | None = None,
                     online: bool | None = None) -> dict[str, Any]:
     """Resolve `model` and load its task models: `{"ner": LoadedModel?, "re": LoadedModel?, "label": str}`."""
@@ -172,7 +176,7 @@ class Annotator:
     """
 
     def __init__(self, ner: LoadedModel | None, re: LoadedModel | None, *, model_label: str,
-                 batch_size: int = 32, max_tokens: int = 8192) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         if ner is None and re is None:
             raise InvalidCheckpoint("an Annotator needs at least one of an NER and an RE model")
         self.ner, self.re = ner, re
@@ -181,9 +185,10 @@ class Annotator:
         self.max_tokens = max_tokens
 
     @classmethod
-    def from_pretrained(cls, model: str = "mmib-default", *, revision: str | None = None, device: str = "auto",
-                        dtype: str = "auto", cache_dir: str | None = None, token: str | None = None,
-                        online: bool | None = None, batch_size: int = 32, max_tokens: int = 8192) -> "Annotator":
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, revision: str | None = None,
+                        device: str = DEFAULT_DEVICE, dtype: str | DType = DType.AUTO, cache_dir: str | None = None,
+                        token: str | None = None, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        max_tokens: int = DEFAULT_MAX_TOKENS) -> "Annotator":
         """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
         parts = load_components(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir,
                                 token=token, online=online)
@@ -210,23 +215,23 @@ class Annotator:
 
     # -- library entry points ---------------------------------------------------------------------------------
     def annotate(self, records: Iterable[dict[str, Any]], *, relations: bool = False,
-                 relation_settings: RelationSettings | None = None, chunk_size: int = 256,
+                 relation_settings: RelationSettings | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
         """Yield one output dict per input record, in order (error records for bad ones)."""
-        mode = "annotate+relations" if relations else "annotate"
+        mode = Mode.ANNOTATE_RELATIONS if relations else Mode.ANNOTATE
         yield from self._stream(records, mode, relation_settings, chunk_size, prepare_kwargs)
 
     def relations(self, records: Iterable[dict[str, Any]], *, relation_settings: RelationSettings | None = None,
-                  chunk_size: int = 256, **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, **prepare_kwargs: Any) -> Iterator[dict[str, Any]]:
         """Yield relation records for the pairs each input gives (or every entity pair with `pair=True`)."""
         settings = relation_settings or RelationSettings(pair=False)
-        yield from self._stream(records, "relations", settings, chunk_size, prepare_kwargs)
+        yield from self._stream(records, Mode.RELATIONS, settings, chunk_size, prepare_kwargs)
 
     def annotate_text(self, text: str, image: str | None = None, *, relations: bool = False) -> dict[str, Any]:
         """Annotate one post (a one-line wrapper around `annotate`)."""
         return next(self.annotate([{"text": text, "image": image}], relations=relations))
 
-    def _stream(self, records: Iterable[dict[str, Any]], mode: str, relation_settings: RelationSettings | None,
+    def _stream(self, records: Iterable[dict[str, Any]], mode: Mode, relation_settings: RelationSettings | None,
                 chunk_size: int, prepare_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         settings = self.prepare_settings(**prepare_kwargs)
         chunk: list[Prepared | Skipped | ErrorRecord] = []
@@ -239,9 +244,11 @@ class Annotator:
             yield from self.process(chunk, mode, relation_settings)
 
     # -- the model stage -------------------------------------------------------------------------------------
-    def process(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: str,
+    def process(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: Mode | str,
                 relation_settings: RelationSettings | None = None) -> list[dict[str, Any]]:
         """Annotate a chunk of prepared posts; returns output dicts in chunk order.
+
+        `mode` is a `Mode` (or its value: `annotate`, `annotate+relations`, `relations`).
 
         A failure other than a run-level `MMIBError` (a tokenizer or model error caused by one odd post, out of
         memory...) does not lose the chunk: its posts are retried one at a time, and a post that still fails becomes an
@@ -249,7 +256,9 @@ class Annotator:
 
         Raises:
             InvalidCheckpoint: the mode needs a task model (ner/re) this annotator lacks.
+            ValueError: `mode` is not a `Mode` value.
         """
+        mode = Mode.parse(mode, what="mode")
         try:
             return self._process_chunk(chunk, mode, relation_settings)
         except Exception as exc:  # noqa: BLE001 - one bad record must never stop a run
@@ -269,20 +278,20 @@ class Annotator:
                 out.append(_failure_record(item, exc))
         return out
 
-    def _process_chunk(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: str,
+    def _process_chunk(self, chunk: Sequence[Prepared | Skipped | ErrorRecord], mode: Mode,
                        relation_settings: RelationSettings | None) -> list[dict[str, Any]]:
         settings = relation_settings or RelationSettings()
-        if mode == "relations":
+        if mode is Mode.RELATIONS:
             chunk = [_with_input_pairs(item, settings) if isinstance(item, Prepared) else item for item in chunk]
         posts = [p for p in chunk if isinstance(p, Prepared)]
-        want_relations = mode != "annotate"
+        want_relations = mode.wants_relations
         if want_relations and self.re is None:
             raise InvalidCheckpoint(f"model {self.model_label} has no relation (re) model")
         entities: dict[int, list[dict[str, Any]]] = {}
         bio: dict[int, list[str]] = {}
-        need_ner = [p for p in posts if mode != "relations" or (settings.pair and "entities" not in p.post.raw)]
+        need_ner = [p for p in posts if mode is not Mode.RELATIONS or (settings.pair and "entities" not in p.post.raw)]
         if need_ner and self.ner is None:
-            if mode != "relations":
+            if mode is not Mode.RELATIONS:
                 raise InvalidCheckpoint(f"model {self.model_label} has no entity (ner) model")
             chunk = [_no_entities(item, self.model_label) if any(item is p for p in need_ner) else item
                      for item in chunk]

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from mmib_cli import __version__
+from mmib_cli._version import __version__
 from mmib_cli.errors import ExitCode, MMIBError
-from mmib_cli.options import DEFAULT_MODEL, device_options, model_option, pipeline_options
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
+from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
 logger = logging.getLogger("mmib_cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -137,7 +138,7 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 
 
 @cli.command()
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
 @click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
@@ -149,7 +150,7 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--config", "config_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a model/training setting, e.g. --config beta_ar=0.1 (repeatable).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Maximum number of epochs.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_TRAIN_BATCH_SIZE, show_default=True,
               help="Training examples per step.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the text encoder.")
 @click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the MMIB layers.")
@@ -185,12 +186,12 @@ def train(obj: dict, task: str, **options: Any) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("task", type=click.Choice(["ner", "re"]))
+@click.argument("task", type=choice(ModelTask))
 @model_option
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Examples per forward pass.")
 @device_options
 @click.pass_obj
@@ -208,6 +209,31 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
     if output_json:
         with open(output_json, "w", encoding="utf-8") as fh:
             json.dump(metrics, fh, indent=2)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Show a random sample of N posts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--thumb-size", type=click.IntRange(0), default=160, show_default=True,
+              help="Longest side of the embedded photo thumbnails in pixels (0: no photos).")
+@click.option("--page-size", type=click.IntRange(1), default=50, show_default=True, help="Posts per page.")
+@click.option("--title", default=None, help="Page title (default: the input file name).")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+def report(input_path: str, **options: Any) -> None:
+    """Write one self-contained HTML page to review an annotate output: highlights, photos, charts, filters.
+
+    Example: mmib report out.jsonl -o report.html --image-root samples
+    """
+    from mmib_cli.report import ReportOptions, build_report
+
+    result = _run(build_report, ReportOptions(input=input_path, **options))
+    click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
+               err=True)
 
 
 def main() -> None:

@@ -1,19 +1,14 @@
 """Device and dtype resolution: the only module that inspects the hardware."""
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
+from mmib_cli.choices import DEFAULT_DEVICE, DType
 
-class DType(str, Enum):
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
+_TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: str = DEFAULT_DEVICE) -> torch.device:
     """Turn `auto|cpu|cuda|cuda:N|mps` into a torch device; `auto` prefers CUDA, then MPS, then CPU.
 
     Raises:
@@ -42,17 +37,34 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on CUDA (bfloat16 where supported) and float32 elsewhere."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
+def resolve_dtype(spec: str | DType, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on CUDA (bfloat16 where supported) and float32 elsewhere.
+
+    Raises:
+        ValueError: `spec` is not a `DType` value.
+    """
+    dtype = DType.parse(spec or DType.AUTO, what="dtype")
+    if dtype is DType.AUTO:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec]
-    except KeyError:
-        raise ValueError(f"unknown dtype {spec!r}: use auto, float32, float16 or bfloat16") from None
+    return torch_dtype(dtype)
+
+
+def torch_dtype(spec: str | DType | torch.dtype) -> torch.dtype:
+    """A concrete floating dtype: a torch dtype as it is, or a `DType` value other than `auto`.
+
+    Raises:
+        ValueError: `spec` names no concrete dtype (or is `auto`, which needs a device: use `resolve_dtype`).
+    """
+    if isinstance(spec, torch.dtype):
+        if not spec.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float16), got {spec!r}")
+        return spec
+    dtype = DType.parse(spec, what="dtype")
+    if dtype is DType.AUTO:
+        raise ValueError("dtype 'auto' depends on the device: resolve it with resolve_dtype(spec, device)")
+    return _TORCH_DTYPES[dtype]
 
 
 def _mps_available() -> bool:

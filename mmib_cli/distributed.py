@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Command, DType,
+                              Engine, Mode)
 from mmib_cli.errors import ExitCode, MMIBError, OutputExists
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
 from mmib_cli.io.records import ErrorRecord
@@ -40,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINES", "RayAnnotator", "RayOptions", "ray_pipeline_options", "run_ray"]
 
-ENGINES = ("local", "ray")
-"""Values of `--engine`."""
+ENGINES = tuple(Engine.values())
+"""Values of `--engine` (kept for callers of 0.1; the enum is `mmib_cli.choices.Engine`)."""
 
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".jsonl"
@@ -84,11 +86,9 @@ class RayOptions:
         Raises:
             ValueError: a Ray option was given without `--engine ray`, or a value is out of range.
         """
-        engine = options.pop("engine", None) or "local"
+        engine = Engine.parse(options.pop("engine", None) or Engine.LOCAL, what="--engine")
         values = {key: options.pop(key, None) for key in ("address", "concurrency", "gpus_per_worker")}
-        if engine not in ENGINES:
-            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        if engine == "local":
+        if engine is Engine.LOCAL:
             given = [f"--{key.replace('_', '-')}" for key, value in values.items() if value is not None]
             if given:
                 raise ValueError(f"{', '.join(given)}: only with --engine ray")
@@ -151,10 +151,11 @@ class RayAnnotator:
         device, dtype, online, batch_size, max_tokens: as for `Annotator.from_pretrained`.
     """
 
-    def __init__(self, model: str = "mmib-default", *, mode: str = "annotate",
+    def __init__(self, model: str = DEFAULT_MODEL, *, mode: Mode | str = Mode.ANNOTATE,
                  relation_settings: Mapping[str, Any] | None = None,
-                 prepare_settings: Mapping[str, Any] | None = None, device: str = "auto", dtype: str = "auto",
-                 online: bool | None = None, batch_size: int = 32, max_tokens: int = 8192) -> None:
+                 prepare_settings: Mapping[str, Any] | None = None, device: str = DEFAULT_DEVICE,
+                 dtype: DType | str = DType.AUTO, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         from mmib_cli.offline import configure_network
 
         configure_network(online)  # before transformers is imported in this worker
@@ -166,7 +167,7 @@ class RayAnnotator:
         self.annotator = Annotator.from_pretrained(model, device=device, dtype=dtype, online=online,
                                                    batch_size=batch_size, max_tokens=max_tokens)
         self.settings = self.annotator.prepare_settings(**dict(prepare_settings or {}))
-        self.mode = mode
+        self.mode = Mode.parse(mode, what="mode")
         self.relation_settings = RelationSettings(**dict(relation_settings or {}))
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -465,8 +466,8 @@ def _build_dataset(ray: Any, opts: PipelineOptions, ray_options: RayOptions) -> 
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(opts.progress)
-    mode = "relations" if opts.task == "relations" else ("annotate+relations" if opts.relations else "annotate")
-    relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
+    mode = opts.mode
+    relation_settings = RelationSettings(pair=opts.pair or opts.task is Command.ANNOTATE, min_score=opts.min_score,
                                          keep_none=opts.keep_none, type_constraints=opts.type_constraints)
     base_dir = Path.cwd() if _is_uri(opts.input_path) else Path(opts.input_path).parent  # as the local pipeline
     prepare_settings = {"id_field": opts.id_field, "text_field": opts.text_field, "image_field": opts.image_field,

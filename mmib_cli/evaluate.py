@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
 from mmib_cli.inference import predict_ner, predict_re
 
@@ -26,7 +27,7 @@ def _load_pixels(paths: list[Path | None], image_info: Any) -> tuple[torch.Tenso
     return stack_images([try_load_image(p, image_info) for p in paths], image_info.image_size)
 
 
-def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32,
+def score_examples(loaded: Any, examples: Examples, *, batch_size: int = DEFAULT_BATCH_SIZE,
                    chunk_posts: int = EVAL_CHUNK_POSTS) -> dict[str, Any]:
     """Predict every example with `loaded` and score against the gold labels.
 
@@ -56,10 +57,11 @@ def score_examples(loaded: Any, examples: Examples, *, batch_size: int = 32,
     return metrics
 
 
-def evaluate_file(task: str, *, model: str, data: str | Path, images: str | Path | None = None,
-                  batch_size: int = 32, device: str = "auto", dtype: str = "auto",
+def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images: str | Path | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, device: str = DEFAULT_DEVICE, dtype: DType | str = DType.AUTO,
                   online: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint (any `--model` form) and score it on a CoNLL (ner) or MNRE (re) file."""
+    task = ModelTask.parse(task, what="task")
     from mmib_cli.annotate import load_components
     from mmib_cli.errors import InvalidCheckpoint
 

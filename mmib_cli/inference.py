@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from mmib_cli.features import Window, merge_window_emissions
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.inference_mode()
-def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_size: int = 32,
-                max_tokens: int = 8192, pixel_values: torch.Tensor | None = None,
+def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                max_tokens: int = DEFAULT_MAX_TOKENS, pixel_values: torch.Tensor | None = None,
                 image_present: torch.Tensor | None = None) -> list[NERPrediction]:
     """Tag every word of every post (windows from `Featurizer.encode_ner`, `post` = index into pixel_values)."""
     model, featurizer = loaded.model, loaded.featurizer
@@ -123,8 +124,8 @@ def _single_threaded(device: torch.device) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = 32, max_tokens: int = 8192,
-               pixel_values: torch.Tensor | None = None,
+def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = DEFAULT_BATCH_SIZE,
+               max_tokens: int = DEFAULT_MAX_TOKENS, pixel_values: torch.Tensor | None = None,
                image_present: torch.Tensor | None = None) -> torch.Tensor:
     """Relation probabilities `(len(windows), num_labels)` for windows from `Featurizer.encode_re_batch`."""
     model, featurizer = loaded.model, loaded.featurizer

@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from mmib_cli import __version__
+from mmib_cli._version import __version__
 
 
 def _embedded_status(spec: Any) -> dict[str, Any]:

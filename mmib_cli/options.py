@@ -5,9 +5,15 @@ from typing import Callable
 
 import click
 
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Choice, DType,
+                              Engine, OnMissingImage)
+
 F = Callable[..., object]
 
-DEFAULT_MODEL = "mmib-default"
+
+def choice(enum: type[Choice]) -> click.Choice:
+    """A click choice of an enum's values (the parameter arrives as the plain string value)."""
+    return click.Choice(enum.values())
 
 
 def model_option(func: F) -> F:
@@ -16,9 +22,9 @@ def model_option(func: F) -> F:
 
 
 def device_options(func: F) -> F:
-    func = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+    func = click.option("--dtype", type=choice(DType), default=DType.AUTO.value,
                         show_default=True, help="Compute dtype; auto = half precision on CUDA, float32 otherwise.")(func)
-    func = click.option("-d", "--device", default="auto", show_default=True,
+    func = click.option("-d", "--device", default=DEFAULT_DEVICE, show_default=True,
                         help="auto, cpu, cuda, cuda:N or mps.")(func)
     return func
 
@@ -28,14 +34,14 @@ def pipeline_options(func: F) -> F:
     opts = [
         click.option("-o", "--output", required=True, help="Output JSONL file, or - for stdout."),
         model_option,
-        click.option("-b", "--batch-size", type=click.IntRange(1), default=32, show_default=True,
+        click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="Posts per model batch."),
-        click.option("--max-tokens", type=click.IntRange(16), default=8192, show_default=True,
+        click.option("--max-tokens", type=click.IntRange(16), default=DEFAULT_MAX_TOKENS, show_default=True,
                      help="Upper bound on padded sub-word pieces per batch."),
         click.option("--num-workers", type=click.IntRange(0), default=None,
                      help="Worker processes for reading, tokenising and image decoding; 0 = a background thread "
                           "(default: 0 on CPU, 2 on GPU)."),
-        click.option("--on-missing-image", type=click.Choice(["text-only", "error", "skip"]), default="text-only",
+        click.option("--on-missing-image", type=choice(OnMissingImage), default=OnMissingImage.TEXT_ONLY.value,
                      show_default=True, help="What to do when a post's image is missing or unreadable."),
         click.option("--image-root", type=click.Path(file_okay=False, path_type=str), default=None,
                      help="Directory that relative image paths resolve against (default: the input file's)."),
@@ -49,7 +55,7 @@ def pipeline_options(func: F) -> F:
         click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bar on a terminal (plain periodic log lines otherwise)."),
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        click.option("--engine", type=choice(Engine), default=Engine.LOCAL.value, show_default=True,
                      help="local: this machine; ray: Ray Data (pip install \"mmib[ray]\"), -o is then a directory "
                           "of JSONL shards."),
         click.option("--address", default=None, metavar="auto|ray://HOST:PORT",

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmib_cli.annotate import Annotator, PrepareSettings, RelationSettings, prepare
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MIN_SCORE, DEFAULT_MODEL,
+                              Command, DType, Mode, OnMissingImage)
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InvalidCheckpoint
 from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
@@ -39,19 +41,19 @@ class Interrupted(BaseException):
 class PipelineOptions:
     """Everything `mmib annotate` / `mmib relations` take (see their --help)."""
 
-    task: str  # "annotate" or "relations"
+    task: Command
     input_path: str
     output: str
-    model: str = "mmib-default"
+    model: str = DEFAULT_MODEL
     relations: bool = False
     pair: bool = False
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
     keep_none: bool = False
     type_constraints: bool = True
-    batch_size: int = 32
-    max_tokens: int = 8192
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tokens: int = DEFAULT_MAX_TOKENS
     num_workers: int | None = None
-    on_missing_image: str = "text-only"
+    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_root: str | None = None
     id_field: str = "id"
     text_field: str = "text"
@@ -61,10 +63,22 @@ class PipelineOptions:
     resume: bool = False
     force: bool = False
     progress: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: DType = DType.AUTO
     online: bool | None = None
     chunk_size: int = 0  # posts per prepared chunk; 0 = CHUNK_BATCHES x batch_size, at most 4 x batch_size photos
+
+    def __post_init__(self) -> None:
+        self.task = Command.parse(self.task, what="task")
+        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
+        self.dtype = DType.parse(self.dtype, what="dtype")
+
+    @property
+    def mode(self) -> Mode:
+        """What `Annotator.process` does with each chunk."""
+        if self.task is Command.RELATIONS:
+            return Mode.RELATIONS
+        return Mode.ANNOTATE_RELATIONS if self.relations else Mode.ANNOTATE
 
     @classmethod
     def from_cli(cls, **options: Any) -> "PipelineOptions":
@@ -243,8 +257,8 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     settings = annotator.prepare_settings(
         id_field=opts.id_field, text_field=opts.text_field, image_field=opts.image_field, base_dir=base_dir,
         image_root=Path(opts.image_root) if opts.image_root else None, on_missing_image=opts.on_missing_image)
-    mode = "relations" if opts.task == "relations" else ("annotate+relations" if opts.relations else "annotate")
-    relation_settings = RelationSettings(pair=opts.pair or opts.task == "annotate", min_score=opts.min_score,
+    mode = opts.mode
+    relation_settings = RelationSettings(pair=opts.pair or opts.task is Command.ANNOTATE, min_score=opts.min_score,
                                          keep_none=opts.keep_none, type_constraints=opts.type_constraints)
     device_type = annotator.device.type
     # CPU: a reader thread, not a worker process: the model already uses every core, and a second process costs more
@@ -288,8 +302,8 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
 
 def _check_tasks(annotator: Annotator, opts: PipelineOptions) -> None:
     """Fail before any output is written when the model lacks the part (ner/re) the command needs."""
-    needs_re = opts.task == "relations" or opts.relations
-    needs_ner = opts.task == "annotate"
+    needs_re = opts.mode.wants_relations
+    needs_ner = opts.task is Command.ANNOTATE
     missing = [task for task, needed, part in (("ner", needs_ner, annotator.ner), ("re", needs_re, annotator.re))
                if needed and part is None]
     if missing:

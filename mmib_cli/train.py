@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
+from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
 from mmib_cli.data.datasets import Examples, WindowDataset, make_collate, read_examples
 from mmib_cli.device import resolve_device, resolve_dtype
@@ -31,7 +32,7 @@ INIT_OVERRIDES = frozenset({"hashtag_words", "max_length", "stride"})  # featuri
 class TrainOptions:
     """Everything `mmib train` takes (see its --help); `config` holds MMIBConfig overrides."""
 
-    task: str
+    task: ModelTask
     train_files: list[str]
     valid_files: list[str]
     output: str
@@ -40,7 +41,7 @@ class TrainOptions:
     image_encoder: str = "efficientnet-lite0"
     config: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE
     lr: float = 5e-5
     head_lr: float = 1e-3
     warmup_ratio: float = 0.06
@@ -53,9 +54,13 @@ class TrainOptions:
     init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
     reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
     num_workers: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: DType = DType.AUTO
     save_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        self.task = ModelTask.parse(self.task, what="task")
+        self.dtype = DType.parse(self.dtype, what="dtype")
 
     @classmethod
     def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":
@@ -285,9 +290,9 @@ class _AutocastPlan:
     dtype: torch.dtype | None
 
     @classmethod
-    def for_run(cls, spec: str, device: torch.device) -> "_AutocastPlan":
+    def for_run(cls, spec: str | DType, device: torch.device) -> "_AutocastPlan":
         """`auto`: half precision on CUDA, float32 elsewhere; float16/bfloat16 autocast on any device."""
-        dtype = resolve_dtype(str(getattr(spec, "value", spec)), device)
+        dtype = resolve_dtype(spec, device)
         return cls(device.type, None if dtype == torch.float32 else dtype)
 
     def autocast(self):

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmib_cli import __version__, offline
+from mmib_cli import offline
+from mmib_cli._version import __version__
 from mmib_cli.errors import CheckpointNotFound, HubAccessDenied, MMIBError, OfflineUnavailable
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmib_cli import __version__
+from mmib_cli._version import __version__
 from mmib_cli.encoders import ImageBackboneInfo, build_image_backbone, load_text_encoder
 from mmib_cli.errors import InvalidCheckpoint
 from mmib_cli.features import Featurizer

@@ -56,19 +56,6 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     _atomic_write(path, lambda handle: handle.write(text))
 
 
-def _resolve_dtype(dtype: Any) -> torch.dtype | None:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-    name = aliases.get(str(dtype).lower(), str(dtype).lower())
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float16), got {dtype!r}")
-    return value
-
-
 def save_state(
     directory: str | Path,
     config: Mapping[str, Any],
@@ -95,7 +82,9 @@ def save_state(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = _resolve_dtype(dtype)
+    from mmib_cli.device import torch_dtype
+
+    target = None if dtype is None else torch_dtype(dtype)
     config_text = json.dumps(dict(config), indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # fail before writing
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
