@@ -212,6 +212,26 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
 
 
 @cli.command()
+@click.option("-m", "--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="RE checkpoint directory, or a bundle directory (its re/ part); config.json is updated.")
+@click.option("--data", "data_files", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled MNRE file(s) to calibrate on: the valid split, never the test split.")
+@click.option("--precision", "target", type=click.FloatRange(0, 100), default=80.0, show_default=True,
+              help="Precision (%) that relation_min_score must reach on --data.")
+@click.option("--reverse-pairs/--no-reverse-pairs", default=True, show_default=True,
+              help="Also score the annotated pairs read backwards (pair enumeration produces both directions).")
+def calibrate(model: str, data_files: tuple[str, ...], target: float, reverse_pairs: bool) -> None:
+    """Fit an RE checkpoint's relation_temperature and pick relation_min_score for a precision target.
+
+    Example: mmib calibrate -m ckpt/re --data mnre/valid.txt --precision 80
+    """
+    from mmib_cli.calibration import calibrate_checkpoint
+
+    result = _run(calibrate_checkpoint, model, data_files, precision=target, reverse_pairs=reverse_pairs)
+    click.echo(json.dumps(result, indent=2))
+
+
+@cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
