@@ -18,7 +18,7 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DE
                               DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
-from mmib_cli.io.records import ErrorRecord, InputError, InputPost, make_output, parse_post
+from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
 from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
                                   relation_signature)
 from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
@@ -38,15 +38,8 @@ class Prepared:
     pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities to classify
 
 
-@dataclass
-class Skipped:
-    """A post left out on purpose (`--on-missing-image skip`): written as a `skipped` line, not an error."""
-
-    post: InputPost
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.post.id, "line": self.post.line, "skipped": {"reason": self.reason}}
+Skipped = SkippedRecord
+"""A post left out on purpose (a blank line, `--on-missing-image skip`): written as a `skipped` line, not an error."""
 
 
 @dataclass
@@ -60,6 +53,7 @@ class PrepareSettings:
     image_root: Path | None = None
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
+    max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
 
     def __post_init__(self) -> None:
         self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
@@ -87,7 +81,7 @@ def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skippe
     """
     from mmib_cli.io.records import post_id
 
-    if isinstance(obj, ErrorRecord):
+    if isinstance(obj, (ErrorRecord, SkippedRecord)):
         return obj
     try:
         post = parse_post(obj, line, id_field=settings.id_field, text_field=settings.text_field,
@@ -100,8 +94,9 @@ def prepare(line: int, obj: Any, settings: PrepareSettings) -> Prepared | Skippe
         logger.debug("line %d: unexpected %s while reading the record", line, type(exc).__name__, exc_info=True)
         return ErrorRecord(post_id(obj, line, id_field=settings.id_field), line, "InvalidInput",
                            f"line {line}: cannot read the record ({type(exc).__name__}: {exc})")
-    if post.image is None or settings.image_size is None:
-        return prepared
+    unread = settings.image_size is None and settings.on_missing_image is OnMissingImage.TEXT_ONLY
+    if post.image is None or unread:
+        return prepared  # no image, or one the model would not read and whose state changes nothing
     return _attach_image(prepared, settings)
 
 
@@ -116,14 +111,19 @@ def _check_encodable(post: InputPost) -> None:
 
 
 def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | Skipped | ErrorRecord:
-    """Decode the post's image into `prepared.pixels`, or apply the `on_missing_image` policy."""
-    from mmib_cli.io.images import ImageError, load_image, resolve_image_path
+    """Decode the post's image into `prepared.pixels` (only check it when the model reads no pixels), or apply the
+    `on_missing_image` policy."""
+    from mmib_cli.io.images import DEFAULT_MAX_IMAGE_BYTES, ImageError, check_image, load_image, resolve_image_path
 
     post = prepared.post
+    max_bytes = settings.max_image_bytes or DEFAULT_MAX_IMAGE_BYTES
     try:
         path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
-        # uint8 until its batch is built (4x less memory per queued photo); normalised in `Annotator._pixels`
-        prepared.pixels = load_image(path, image_size=settings.image_size, mean=None, std=None)
+        if settings.image_size is None:
+            check_image(path, max_bytes=max_bytes)
+        else:  # uint8 until its batch is built (4x less memory per queued photo); normalised in `Annotator._pixels`
+            prepared.pixels = load_image(path, image_size=settings.image_size, mean=None, std=None,
+                                         max_bytes=max_bytes)
     except Exception as exc:  # noqa: BLE001 - ImageError, or anything odd a path or decoder raises
         if not isinstance(exc, ImageError):
             exc = ImageError(f"image {post.image!r} cannot be used ({type(exc).__name__}: {exc})")
@@ -131,7 +131,7 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
         if kind == "DecompressionBomb" or settings.on_missing_image is OnMissingImage.ERROR:
             return ErrorRecord.from_exception(exc, id=post.id, line=post.line)
         if settings.on_missing_image is OnMissingImage.SKIP:
-            return Skipped(post, f"{kind}: {exc}")
+            return Skipped(post.id, post.line, f"{kind}: {exc}")
         prepared.image_note = f"{kind}: {exc}"
     return prepared
 
@@ -487,7 +487,11 @@ def _bio_from_entities(tokens: Sequence[Token], entities: Sequence[dict]) -> lis
 
 
 def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
-    """The pairs an input record asks about: `pairs` [{head, tail}] with char offsets, or MNRE `h`/`t` word spans."""
+    """The pairs an input record asks about: `pairs` [{head, tail}] with char offsets, or MNRE `h`/`t` word spans.
+
+    Raises:
+        InputError: the record gives neither (without `--pair` there is nothing to classify), or a malformed pair.
+    """
     raw, tokens, text = prepared.post.raw, prepared.tokens, prepared.post.text
     pairs: list[tuple[dict, dict]] = []
     if isinstance(raw.get("pairs"), list):
@@ -498,6 +502,9 @@ def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
             pairs.append((_entity_from(pair["head"], text), _entity_from(pair["tail"], text)))
     elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
         pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))
+    else:
+        raise InputError(f'line {prepared.post.line}: no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
+                         'classify every ordered pair of its entities (given as "entities", or found by NER)')
     return pairs
 
 

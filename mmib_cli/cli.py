@@ -256,6 +256,45 @@ def report(input_path: str, **options: Any) -> None:
                err=True)
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", required=False,
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--format", "format_", type=click.Choice(["label-studio", "conll"]), default="label-studio",
+              show_default=True, help="label-studio: JSON tasks with pre-annotations; conll: word<TAB>BIO lines.")
+@click.option("-o", "--output", default=None, help="File to write, or - for stdout (required with INPUT).")
+@click.option("--label-config", is_flag=True,
+              help="Print the Label Studio labeling config matching the tasks (uses --model's relation labels).")
+@model_option
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Directory that relative image paths resolve against (default: INPUT's folder).")
+@click.option("--image-url-prefix", default=None, metavar="URL",
+              help="data.image = URL/<image path relative to the image root>, for images served over HTTP.")
+@click.option("--local-files-root", type=click.Path(file_okay=False), default=None,
+              help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: data.image = /data/local-files/?d=<path "
+                   "below it>.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
+@click.pass_obj
+def export(obj: dict, input_path: str | None, format_: str, output: str | None, label_config: bool, model: str,
+           **options: Any) -> None:
+    """Turn an annotate output into Label Studio tasks with pre-annotations (or CoNLL), or print the labeling config.
+
+    Example: mmib export out.jsonl --format label-studio -o tasks.json; mmib export --label-config > config.xml
+    """
+    from mmib_cli import export as exporting
+
+    if label_config:
+        relations = _run(exporting.model_relation_labels, model, online=obj.get("online"))
+        click.echo(exporting.label_config(relations), nl=False)
+        return
+    if input_path is None or output is None:
+        raise click.UsageError("give INPUT and -o OUTPUT (or --label-config)")
+    opts = exporting.ExportOptions(input=input_path, output=output, format=format_, **options)
+    result = _run(exporting.export, opts)
+    click.echo(f"{result.output}: {result.exported} posts exported, {result.left_out} error/skipped records left out",
+               err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mmib")

@@ -33,7 +33,7 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TO
                               Engine, Mode)
 from mmib_cli.errors import ExitCode, MMIBError, OutputExists
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
-from mmib_cli.io.records import ErrorRecord
+from mmib_cli.io.records import ErrorRecord, SkippedRecord, marker_from_json
 
 if TYPE_CHECKING:  # the pipeline imports torch: the reader and writer tasks do without it
     from mmib_cli.pipeline import PipelineOptions, RunSummary
@@ -181,21 +181,20 @@ class RayAnnotator:
                 "record": np.array([dumps_line(r) for r in records], dtype=object)}
 
 
-def encode_line(line: int, value: dict[str, Any] | ErrorRecord) -> dict[str, Any]:
-    """One reader row for `RayAnnotator`: a parsed input line, or the error record of an unreadable one.
+def encode_line(line: int, value: dict[str, Any] | ErrorRecord | SkippedRecord) -> dict[str, Any]:
+    """One reader row for `RayAnnotator`: a parsed input line, or the error/skipped record of an unusable one.
 
-    JSON with ASCII escapes round-trips any parsed value (lone surrogates, NaN, key order) through Arrow strings.
+    JSON with ASCII escapes round-trips any parsed value (lone surrogates, key order) through Arrow strings.
     """
-    if isinstance(value, ErrorRecord):
-        error = json.dumps([value.id, value.line, value.error_type, value.message])
-        return {"line": line, "record": "", "error": error}
+    if isinstance(value, (ErrorRecord, SkippedRecord)):
+        return {"line": line, "record": "", "error": json.dumps(value.to_json(), ensure_ascii=True)}
     return {"line": line, "record": json.dumps(value, ensure_ascii=True), "error": ""}
 
 
-def decode_line(record: str, error: str) -> dict[str, Any] | ErrorRecord:
+def decode_line(record: str, error: str) -> dict[str, Any] | ErrorRecord | SkippedRecord:
     """Inverse of `encode_line`."""
     if error:
-        return ErrorRecord(*json.loads(error))
+        return marker_from_json(json.loads(error))
     return json.loads(record)
 
 

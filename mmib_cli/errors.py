@@ -49,6 +49,10 @@ class InvalidInput(MMIBError):
     """One input record cannot be annotated (turned into an error record, not raised to the CLI)."""
 
 
+class InputUnreadable(MMIBError):
+    """The input cannot be read to its end (a truncated or corrupt compressed stream, an I/O error)."""
+
+
 class OutputExists(MMIBError):
     """The output file exists and neither --force nor --resume was given."""
 

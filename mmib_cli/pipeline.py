@@ -8,6 +8,7 @@ at the end; SIGINT/SIGTERM stop after the current chunk is flushed, leaving comp
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -23,7 +24,7 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TO
                               Command, DType, Mode, OnMissingImage)
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InvalidCheckpoint
-from mmib_cli.io.jsonl import AtomicJSONLWriter, read_lines
+from mmib_cli.io.jsonl import AtomicJSONLWriter, input_base_dir, is_stream_input, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,21 @@ class PipelineOptions:
             raise ValueError("use either --resume or --force, not both")
         if options.get("resume") and options.get("output") == "-":
             raise ValueError("--resume needs an output file, not stdout")
-        input_path = options["input_path"]
-        if input_path != "-" and not Path(input_path).is_file():
-            raise ValueError(f"input {input_path} does not exist or is not a file")
+        check_input_path(options["input_path"])
         return cls(shard=parse_shard(shard) if shard else None, **options)
+
+
+def check_input_path(input_path: str) -> None:
+    """Accept `-`, a file, or a readable stream (a FIFO, `<(zcat a.gz)`); raise ValueError naming what it is else."""
+    if input_path == "-":
+        return
+    path = Path(input_path)
+    if path.is_dir():
+        raise ValueError(f"input {input_path} is a directory; give a JSONL file (or - for stdin)")
+    if not path.exists():
+        raise ValueError(f"input {input_path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"input {input_path} is not readable (permission denied)")
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -226,7 +238,7 @@ def _threaded(iterator: Iterator[list], depth: int = 2) -> Iterator[list]:
 
 
 def _chunks(source: _ChunkSource, num_workers: int) -> Iterator[list]:
-    if num_workers == 0 or source.source == "-":
+    if num_workers == 0 or is_stream_input(source.source):  # a pipe can be read once, by one reader
         return _threaded(iter(source))
     loader = DataLoader(source, batch_size=None, num_workers=num_workers, prefetch_factor=2,
                         collate_fn=lambda x: x, multiprocessing_context="fork" if _fork_ok() else None)
@@ -253,7 +265,7 @@ def run_pipeline(opts: PipelineOptions) -> RunSummary:
     if annotator.ner is not None and annotator.ner.image_info is None:
         logger.info("model %s was trained without images: posts are annotated from their text only",
                     annotator.model_label)
-    base_dir = Path(opts.input_path).resolve().parent if opts.input_path != "-" else Path.cwd()
+    base_dir = input_base_dir(opts.input_path)
     settings = annotator.prepare_settings(
         id_field=opts.id_field, text_field=opts.text_field, image_field=opts.image_field, base_dir=base_dir,
         image_root=Path(opts.image_root) if opts.image_root else None, on_missing_image=opts.on_missing_image)

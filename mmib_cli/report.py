@@ -13,23 +13,21 @@ import html
 import io
 import json
 import logging
-import os
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from mmib_cli.errors import OutputExists
-from mmib_cli.io.jsonl import read_lines
-from mmib_cli.io.records import ErrorRecord
+from mmib_cli.io.outputs import read_output
+from mmib_cli.io.textfile import check_writable, write_text_output
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ReportOptions", "ReportResult", "Summary", "build_report", "render_report", "select_records",
-           "thumbnail_uri", "write_report"]
+           "thumbnail_uri"]
 
 LABEL_COLOURS = {"PER": "#f4a3a3", "LOC": "#9fd5a8", "ORG": "#9cc3f0", "MISC": "#f2d58b"}
 """Highlight colour per entity type (others get a grey)."""
@@ -109,14 +107,6 @@ def _entities(record: dict[str, Any]) -> list[dict[str, Any]]:
 def _relations(record: dict[str, Any]) -> list[dict[str, Any]]:
     rels = record.get("relations")
     return [r for r in rels if isinstance(r, dict)] if isinstance(rels, list) else []
-
-
-def _records(path: str, limit: int | None) -> Iterator[dict[str, Any]]:
-    """Output records of `path` in file order; an unreadable line becomes an error record (shown, not fatal)."""
-    for number, value in read_lines(path):
-        if limit is not None and number > limit:
-            return
-        yield value.to_json() if isinstance(value, ErrorRecord) else value
 
 
 def select_records(records: Iterable[dict[str, Any]], summary: Summary, *, sample: int | None = None,
@@ -320,24 +310,16 @@ def build_report(opts: ReportOptions) -> ReportResult:
         OSError: the input cannot be read or the output cannot be written.
     """
     out = Path(opts.output)
-    if out.exists() and not opts.force:
-        raise OutputExists(f"output {out} already exists: pass --force to overwrite it")
+    check_writable(out, force=opts.force)
     summary = Summary()
-    records = select_records(_records(opts.input, opts.limit), summary, sample=opts.sample, seed=opts.seed)
+    records = select_records(read_output(opts.input, limit=opts.limit), summary, sample=opts.sample, seed=opts.seed)
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size)
     views = [_view(record, thumbs) for record in records]
     title = opts.title or f"mmib report: {Path(opts.input).name}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
-    write_report(page, out)
+    write_text_output(out, page, force=opts.force)
     for path, problem in list(thumbs.problems.items())[:5]:
         logger.warning("no thumbnail for %s: %s", path, problem)
     logger.info("report %s: %d of %d posts shown, %d thumbnails", out, len(views), summary.posts, len(thumbs.uris))
     return ReportResult(out, summary, len(views), len(thumbs.uris), len(thumbs.problems))
-
-
-def write_report(page: str, out: Path) -> None:
-    """Write `page` to `out` through `out.partial` + rename, so a file named `out` is always complete."""
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, out)

@@ -7,17 +7,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mmib_cli.cli import cli
 
-def invoke(*args, input: str | bytes | None = None):
-    """Run `mmib ARGS` in-process; unexpected exceptions propagate (catch_exceptions=False).
+NETWORK_VARS = ("MMIB_OFFLINE", "HF_HUB_OFFLINE")
 
-    The network flags the command publishes to os.environ are restored afterwards (CliRunner's `env`).
+
+def invoke(*args, input: str | bytes | None = None, env: dict | None = None, expect: int | None = None) -> Result:
+    """Run `mmib ARGS` in-process, the one way every test runs the command line.
+
+    Unexpected exceptions propagate (``catch_exceptions=False``), so a traceback fails the test. The network flags
+    the command publishes to os.environ are restored afterwards (CliRunner's ``env``); ``env`` sets more variables
+    for the run (``None`` unsets one). With ``expect``, the exit code is asserted, showing stdout and stderr.
     """
-    env = {name: os.environ.get(name) for name in ("MMIB_OFFLINE", "HF_HUB_OFFLINE")}
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+    isolated = {name: os.environ.get(name) for name in NETWORK_VARS}
+    isolated.update(env or {})
+    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, env=isolated, catch_exceptions=False)
+    if expect is not None:
+        assert result.exit_code == expect, (f"exit {result.exit_code}, expected {expect}\n"
+                                            f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    return result
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -8,21 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from cli_helpers import invoke
 from mmib_cli import __version__
 from mmib_cli.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
-NETWORK_VARS = ("MMIB_OFFLINE", "HF_HUB_OFFLINE")
-
-
-def invoke(*args, env: dict | None = None, input: str | None = None):
-    """Run `mmib ARGS` in-process; the network variables the command sets are restored afterwards."""
-    isolated = {name: os.environ.get(name) for name in NETWORK_VARS}
-    isolated.update(env or {})
-    return CliRunner().invoke(cli, [str(a) for a in args], env=isolated, input=input, catch_exceptions=False)
 
 
 @pytest.fixture()
@@ -123,6 +115,7 @@ def _default_checkpoint_present() -> bool:
     return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_readme_quick_start_on_the_samples(tmp_path, monkeypatch):
     """`mmib annotate samples/posts.jsonl -o out.jsonl`, run from the repository root."""
     assert "mmib annotate samples/posts.jsonl -o out.jsonl" in README
@@ -198,3 +191,25 @@ def test_unknown_model_is_fatal_with_a_clear_message(small_input, tmp_path):
 def test_missing_input_is_a_usage_error(tmp_path):
     result = invoke("annotate", tmp_path / "nope.jsonl", "-o", tmp_path / "out.jsonl")
     assert result.exit_code == 2 and "nope.jsonl" in result.stderr
+
+
+def test_directory_input_says_it_is_a_directory(tmp_path):
+    result = invoke("annotate", tmp_path, "-o", tmp_path / "out.jsonl", expect=2)
+    assert f"input {tmp_path} is a directory" in result.stderr
+
+
+def test_named_pipe_input_is_accepted(tmp_path, tiny_text_only_ner):
+    """A FIFO (what `<(zcat a.gz)` gives as /dev/fd/N) is read once, by one reader, even with worker processes."""
+    import gzip
+    import threading
+
+    fifo = tmp_path / "posts.fifo"
+    os.mkfifo(fifo)
+    data = gzip.compress(b'{"id": "a", "text": "Obama visits Berlin"}\n\n{"id": "b", "text": "Kawhi Leonard"}\n')
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    writer.start()
+    result = invoke("annotate", fifo, "-o", "-", "-m", tiny_text_only_ner, "--num-workers", "2", expect=0)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["id"], r["line"]) for r in records] == [("a", 1), (2, 2), ("b", 3)]
+    assert records[1]["skipped"] == {"reason": "blank line"}
+    writer.join(timeout=60)

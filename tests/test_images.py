@@ -1,8 +1,9 @@
 """Safe image loading: modes, EXIF orientation, size limits, broken files, resize/crop/normalise."""
 from __future__ import annotations
 
+import os
 import struct
-import time
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -16,10 +17,12 @@ from mmib_cli.errors import InvalidInput
 from mmib_cli.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
+    check_image,
     load_image,
     normalize_pixels,
     open_rgb,
     preprocess_image,
+    read_image_file,
     resize_size,
     resolve_image_path,
     stack_images,
@@ -204,12 +207,19 @@ def test_resize_size():
     assert resize_size(224) == 256 and resize_size(320) == 366 and resize_size(32) == 37
 
 
-def test_very_elongated_image_is_cheap(tmp_path):
+def test_very_elongated_image_is_cheap(tmp_path, monkeypatch):
     path = tmp_path / "strip.png"
     Image.new("L", (1, 60_000), 90).save(path)  # resize-then-crop would build a 256 x 15M image
-    start = time.perf_counter()
+    sizes = []
+    resize = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
     tensor = _load(path, image_size=224, **IDENTITY)
-    assert time.perf_counter() - start < 5
+    assert sizes and all(w * h <= 224 * 224 for w, h in sizes)  # never more pixels than the output crop
     assert tensor.shape == (3, 224, 224) and torch.allclose(tensor, torch.full_like(tensor, 90 / 255), atol=1e-3)
 
 
@@ -289,6 +299,65 @@ def test_bomb_check_runs_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header(50_000, 50_000))
     assert _error(path, max_pixels=10_000_000).error_type == "DecompressionBomb"
+
+
+def _returns(call, *args, **kwargs):
+    """Run ``call`` in a daemon thread and fail (instead of hanging the suite) if it blocks or reads forever."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), f"{call.__name__}{args} blocked"
+    return outcome
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "dev-null"])
+def test_never_ending_or_non_regular_files_are_refused_without_reading(tmp_path, kind):
+    path = {"dev-zero": Path("/dev/zero"), "dev-null": Path("/dev/null"), "directory": tmp_path}.get(kind)
+    if kind == "fifo":
+        path = tmp_path / "pipe.jpg"
+        os.mkfifo(path)  # no writer: a plain open() would block forever
+    if not path.exists():
+        pytest.skip(f"{path} does not exist here")
+    for call in (_load, check_image, read_image_file):
+        error = _returns(call, path).get("error")
+        assert isinstance(error, ImageError) and error.error_type == "ImageUnreadable", error
+        assert "not an image file" in str(error) and str(path) in str(error)
+
+
+def test_byte_cap(sample_images, tmp_path):
+    size = sample_images["red"].stat().st_size
+    assert read_image_file(sample_images["red"], max_bytes=size) == sample_images["red"].read_bytes()
+    for call in (read_image_file, check_image, _load):
+        with pytest.raises(ImageError) as info:
+            call(sample_images["red"], max_bytes=size - 1)
+        assert info.value.error_type == "ImageTooLarge" and f"{size} bytes" in str(info.value)
+
+
+def test_check_image_reads_the_header_only(sample_images, hard_images, tmp_path):
+    check_image(sample_images["red"])
+    check_image(hard_images["truncated"])  # pixels are not decoded: only the header must parse
+    for path, kind in ((tmp_path / "nope.jpg", "ImageNotFound"), (sample_images["text"], "ImageUnreadable"),
+                       (sample_images["corrupt"], "ImageUnreadable"), (hard_images["bomb"], "DecompressionBomb")):
+        with pytest.raises(ImageError) as info:
+            check_image(path)
+        assert info.value.error_type == kind
+
+
+def test_unreadable_file_is_refused(sample_images, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "secret.jpg"
+    path.write_bytes(sample_images["red"].read_bytes())
+    path.chmod(0)
+    assert "permission denied" in str(_error(path))
 
 
 # ------------------------------------------------------------------------------------------------------ paths

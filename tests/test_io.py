@@ -1,21 +1,27 @@
 """Input records, JSONL reading/writing (atomic, resumable) and the output JSON Schema."""
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import itertools
 import json
+import lzma
+import os
 import sys
+import threading
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from mmib_cli.errors import ExitCode, InvalidInput, MMIBError, OutputExists
-from mmib_cli.io.jsonl import AtomicJSONLWriter, dumps_line, partial_path, read_lines
+from mmib_cli.errors import ExitCode, InputUnreadable, InvalidInput, MMIBError, OutputExists
+from mmib_cli.io.jsonl import AtomicJSONLWriter, dumps_line, is_stream_input, partial_path, read_lines
 from mmib_cli.io.records import (
     ErrorRecord,
     InputError,
     InputPost,
+    SkippedRecord,
     make_output,
     output_schema,
     parse_post,
@@ -233,8 +239,9 @@ def test_read_lines_numbers_physical_lines_and_turns_bad_lines_into_errors(tmp_p
         b'{"text": "no newline at end"}'  # 10
     )
     items = list(read_lines(path))
-    assert [n for n, _ in items] == [1, 4, 5, 6, 7, 8, 9, 10]
+    assert [n for n, _ in items] == list(range(1, 11))  # one item per physical line
     values = dict(items)
+    assert values[2] == SkippedRecord(2, 2, "blank line") and values[3] == SkippedRecord(3, 3, "blank line")
     assert values[1] == {"id": "a", "text": "first"}
     assert values[4] == {"text": "crlf"}
     assert values[10] == {"text": "no newline at end"}
@@ -252,9 +259,9 @@ def test_read_lines_numbers_physical_lines_and_turns_bad_lines_into_errors(tmp_p
 def test_read_lines_from_stdin_and_streams(monkeypatch):
     data = b'{"text": "a"}\n\n{"text": "b"}\n'
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
-    assert list(read_lines("-")) == [(1, {"text": "a"}), (3, {"text": "b"})]
+    assert list(read_lines("-")) == [(1, {"text": "a"}), (2, SkippedRecord(2, 2, "blank line")), (3, {"text": "b"})]
     stream = io.BytesIO(data)
-    assert [n for n, _ in read_lines(stream)] == [1, 3]
+    assert [n for n, _ in read_lines(stream)] == [1, 2, 3]
     assert not stream.closed  # a stream passed in is left open
     assert list(read_lines(io.StringIO('{"text": "é"}\n'))) == [(1, {"text": "é"})]
 
@@ -294,6 +301,82 @@ def test_read_lines_missing_file_raises_on_first_next(tmp_path):
     reader = read_lines(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError):
         next(reader)
+
+
+def test_read_lines_non_finite_numbers_become_null():
+    data = b'{"a": NaN, "b": [Infinity, -Infinity], "c": {"d": 1e999, "e": -1e999, "f": 1.5, "g": 2}}\n'
+    assert list(read_lines(io.BytesIO(data))) == [
+        (1, {"a": None, "b": [None, None], "c": {"d": None, "e": None, "f": 1.5, "g": 2}})]
+
+
+@pytest.mark.parametrize("depth, ok", [(100, True), (101, False), (900, False), (100_000, False)])
+def test_read_lines_nesting_limit_is_an_error_record_never_a_recursion_error(depth, ok):
+    line = '{"v": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}\n"  # the object itself is level 1
+    (number, value), (_, after) = read_lines(io.StringIO(line + '{"text": "next"}\n'))
+    assert after == {"text": "next"}  # reading goes on
+    if ok:
+        assert isinstance(value, dict)
+        dumps_line(value)  # and it can be written
+    else:
+        assert isinstance(value, ErrorRecord) and value.error_type == "InvalidInput"
+        assert "nested deeper than 100 levels" in value.message
+
+
+def test_read_lines_other_parse_failures_are_error_records():
+    data = b'{"n": ' + b"9" * 5000 + b'}\n{"text": "\\ud800 lone"}\n'  # an int over Python's digit limit
+    (_, big), (_, lone) = read_lines(io.BytesIO(data))
+    assert isinstance(big, ErrorRecord) and big.error_type == "InvalidJSON"
+    assert lone == {"text": "\ud800 lone"}  # parsed; the text check makes it an error record later
+    assert json.loads(dumps_line(lone)) == lone
+
+
+@pytest.mark.parametrize("opener, name", [(gzip.open, "in.jsonl.gz"), (bz2.open, "in.jsonl.bz2"),
+                                          (lzma.open, "in.jsonl.xz"), (gzip.open, "misnamed.jsonl")])
+def test_read_lines_decompresses_by_magic_bytes(tmp_path, opener, name):
+    data = b'{"text": "a"}\n\n{"text": "b"}\n'
+    with opener(tmp_path / name, "wb") as f:
+        f.write(data)
+    expected = list(read_lines(io.BytesIO(data)))
+    assert list(read_lines(tmp_path / name)) == expected
+    with open(tmp_path / name, "rb") as f:  # a non-seekable stream of compressed bytes works the same
+        assert list(read_lines(io.BufferedReader(_Unseekable(f.read())))) == expected
+
+
+class _Unseekable(io.RawIOBase):
+    """Bytes handed out a few at a time by a stream that cannot seek (a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), len(self._data), 3)
+        buffer[:count], self._data = self._data[:count], self._data[count:]
+        return count
+
+
+def test_read_lines_truncated_compressed_input_is_a_clear_fatal_error(tmp_path):
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(b'{"text": "post %d"}\n' % i for i in range(5000)))[:-2000])
+    reader = read_lines(path)
+    assert next(reader) == (1, {"text": "post 0"})
+    with pytest.raises(InputUnreadable, match=r"cannot read input .*cut.jsonl.gz after line \d+"):
+        list(reader)
+
+
+def test_read_lines_from_a_named_pipe(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = gzip.compress(b'{"text": "a"}\n{"text": "b"}\n')
+    assert is_stream_input(fifo) and is_stream_input("-") and is_stream_input("/dev/null")
+    assert not is_stream_input(tmp_path) and not is_stream_input(tmp_path / "nope")
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)  # blocks until read
+    writer.start()
+    assert list(read_lines(fifo)) == [(1, {"text": "a"}), (2, {"text": "b"})]
+    writer.join(timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -510,3 +593,13 @@ def test_round_trip_read_write(tmp_path):
     validator = jsonschema.Draft202012Validator(output_schema())
     for record in records:
         validator.validate(record)
+
+
+def test_read_output_ignores_blank_lines_of_an_output_file(tmp_path):
+    from mmib_cli.io.outputs import read_output
+
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a", "line": 1}\n\n{bad\n')
+    records = list(read_output(path))
+    assert records[0] == {"id": "a", "line": 1} and records[1]["error"]["type"] == "InvalidJSON"
+    assert len(records) == 2

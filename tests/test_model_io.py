@@ -263,3 +263,66 @@ def test_directory_without_weights_is_invalid(tmp_path):
         load_model(tmp_path)
     with pytest.raises(InvalidCheckpoint, match="does not exist"):
         load_model(tmp_path / "nowhere")
+
+
+# -- invalid config.json: exit 1 "invalid checkpoint ...", before anything is allocated ---------------------------
+BAD_CONFIGS = {
+    "absurd latent size": lambda c: c.update(latent_size=10**9),
+    "absurd hidden size": lambda c: c.update(hidden_size=2**40),
+    "string size": lambda c: c.update(hidden_size="32"),
+    "labels not a list": lambda c: c.update(labels=5),
+    "too many labels": lambda c: c.update(labels=[f"B-X{i}" for i in range(5000)]),
+    "label not a string": lambda c: c.update(labels=["O", 1]),
+    "NaN weight": lambda c: c.update(beta_ar=float("nan")),
+    "infinite weight": lambda c: c.update(beta_ar=float("inf")),
+    "string dropout": lambda c: c.update(dropout="0.1"),
+    "markers not strings": lambda c: c.update(entity_markers=[1, 2, 3, 4]),
+    "task not a string": lambda c: c.update(task=["ner"]),
+    "deep spec": lambda c: c.update(text_encoder=json.loads('{"a": ' * 500 + "1" + "}" * 500)),
+}
+
+
+def _write_config(directory: Path, config) -> None:
+    text = config if isinstance(config, str) else json.dumps(config)
+    (directory / "config.json").write_text(text, encoding="utf-8")
+
+
+@pytest.fixture()
+def checkpoint_copy(tiny_text_only_ner, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_text_only_ner, tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_invalid_config_values_are_an_invalid_checkpoint_before_building(case, checkpoint_copy, monkeypatch):
+    import mmib_cli.checkpoint.model_io as model_io
+
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    BAD_CONFIGS[case](config)
+    _write_config(checkpoint_copy, config)
+    monkeypatch.setattr(model_io, "build_model", lambda *a, **k: pytest.fail("built a model from a bad config"))
+    with pytest.raises(InvalidCheckpoint, match=r"^invalid checkpoint .*config\.json"):
+        load_model(checkpoint_copy)
+
+
+@pytest.mark.parametrize("text", ['{"task": "ner", "text_encoder": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  "[1, 2]", "{not json"])
+def test_unparsable_config_is_an_invalid_checkpoint(text, checkpoint_copy):
+    _write_config(checkpoint_copy, text)
+    with pytest.raises(InvalidCheckpoint, match=r"^invalid checkpoint "):
+        load_model(checkpoint_copy)
+
+
+@pytest.mark.parametrize("case", ["absurd latent size", "string size", "NaN weight"])
+def test_cli_reports_an_invalid_checkpoint_with_exit_1(case, checkpoint_copy, tmp_path):
+    from cli_helpers import invoke
+
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    BAD_CONFIGS[case](config)
+    _write_config(checkpoint_copy, config)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Obama"}\n')
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", checkpoint_copy, expect=1)
+    assert result.stderr.startswith(f"Error: invalid checkpoint {checkpoint_copy}") and "Usage:" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()

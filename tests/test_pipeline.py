@@ -28,12 +28,15 @@ BAD_LINES = {
     "not-object": '["a", "list", "not", "an", "object"]',
     "missing-text": {"id": "missing-text", "body": "no text field"},
     "number-text": {"id": "number-text", "text": 42},
+    "blank": "",  # a `skipped` record: line numbers stay physical, one output line per input line
     "empty-text": {"id": "empty-text", "text": ""},
     "unicode": {"id": "unicode", "text": UNICODE_TEXT},
     "missing-image": {"id": "missing-image", "text": "Picture of Berlin", "image": "does/not/exist.jpg"},
     "corrupt-image": {"id": "corrupt-image", "text": "Picture of Berlin", "image": "@corrupt"},
     "truncated-image": {"id": "truncated-image", "text": "Picture of Berlin", "image": "@truncated"},
     "text-file-image": {"id": "text-file-image", "text": "Picture of Berlin", "image": "@text"},
+    "endless-image": {"id": "endless-image", "text": "Picture of Berlin", "image": "/dev/zero"},  # never ends
+    "directory-image": {"id": "directory-image", "text": "Picture of Berlin", "image": "/"},
     "bomb": {"id": "bomb", "text": "A huge picture", "image": "@bomb"},
     "cmyk": {"id": "cmyk", "text": "CMYK picture", "image": "@cmyk"},
     "alpha": {"id": "alpha", "text": "PNG with alpha", "image": "@alpha"},
@@ -47,6 +50,9 @@ BAD_LINES = {
     "given-tokens": {"id": "given-tokens", "text": "New York rocks tonight",
                      "tokens": ["New York", "rocks", "tonight"]},
     "bad-tokens": {"id": "bad-tokens", "text": "New York rocks", "tokens": ["Boston"]},
+    "non-finite": '{"id": "non-finite", "text": "Obama", "score": NaN, "more": [Infinity, -Infinity, 1e999]}',
+    "too-deep": '{"id": "too-deep", "text": "x", "v": ' + "[" * 5000 + "]" * 5000 + "}",  # over the recursion limit
+    "deep": '{"id": "deep", "text": "x", "v": ' + "[" * 500 + "]" * 500 + "}",  # parses, but deeper than 100
     "last-good": {"id": "last-good", "text": "The run went on to the end"},
 }
 
@@ -62,17 +68,15 @@ def _materialise(images: dict[str, Path], rows: dict) -> list:
 
 @pytest.fixture(scope="module")
 def bad_run(tiny_bundle, images, tmp_path_factory, check):
-    """`mmib annotate` over BAD_LINES (plus a blank line) with the image-using tiny bundle."""
+    """`mmib annotate` over BAD_LINES with the image-using tiny bundle."""
     d = tmp_path_factory.mktemp("bad-run")
     rows = _materialise(images, BAD_LINES)
-    rows.insert(5, "")  # a blank line: skipped, but line numbers stay physical
     src = write_jsonl(d / "in.jsonl", rows)
     result = invoke("annotate", src, "-o", d / "out.jsonl", "-m", tiny_bundle, "--num-workers", "0")
     records = read_out(d / "out.jsonl", check)
-    keys = [k for k in BAD_LINES]
-    lines = [i + 1 for i, r in enumerate(rows) if r != ""]
+    keys = list(BAD_LINES)
     return {"result": result, "records": records, "by_key": dict(zip(keys, records)),
-            "lines": dict(zip(keys, lines))}
+            "lines": {key: number for number, key in enumerate(keys, 1)}, "output": d / "out.jsonl"}
 
 
 def test_bad_input_run_finishes_with_exit_3_and_one_line_per_input(bad_run):
@@ -121,6 +125,29 @@ def test_lone_surrogate_text_is_an_error_record(bad_run):
     assert rec["error"]["type"] in ("InvalidInput", "InvalidJSON") and "surrogate" in rec["error"]["message"]
 
 
+def test_blank_line_is_a_skipped_record(bad_run):
+    line = bad_run["lines"]["blank"]
+    assert bad_run["by_key"]["blank"] == {"id": line, "line": line, "skipped": {"reason": "blank line"}}
+
+
+def test_non_finite_numbers_pass_through_as_null(bad_run):
+    rec = bad_run["by_key"]["non-finite"]
+    assert "error" not in rec and rec["entities"] is not None
+    assert rec["score"] is None and rec["more"] == [None, None, None]
+
+    def refuse(constant: str):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    for raw in bad_run["output"].read_bytes().splitlines():  # the whole output is strict JSON
+        json.loads(raw, parse_constant=refuse)
+
+
+def test_nesting_deeper_than_the_limit_is_an_error_record(bad_run):
+    for key in ("too-deep", "deep"):
+        rec = _error_of(bad_run, key)
+        assert rec["error"]["type"] == "InvalidInput" and "nested deeper than 100" in rec["error"]["message"]
+
+
 def test_empty_text_is_annotated_with_no_tokens(bad_run):
     rec = bad_run["by_key"]["empty-text"]
     assert rec["text"] == "" and rec["tokens"] == [] and rec["bio"] == [] and rec["entities"] == []
@@ -138,6 +165,7 @@ def test_unicode_offsets_are_exact(bad_run):
 @pytest.mark.parametrize("key,kind", [
     ("missing-image", "ImageNotFound"), ("corrupt-image", "ImageUnreadable"),
     ("truncated-image", "ImageUnreadable"), ("text-file-image", "ImageUnreadable"),
+    ("endless-image", "ImageUnreadable"), ("directory-image", "ImageUnreadable"),
 ])
 def test_unusable_image_falls_back_to_text_by_default(bad_run, key, kind):
     rec = bad_run["by_key"][key]
@@ -223,6 +251,34 @@ def test_on_missing_image_policies(policy, tiny_bundle, images, tmp_path, check)
             assert set(rec) == {"id", "line", "skipped"} and rec["skipped"]["reason"].startswith(kind)
 
 
+@pytest.mark.parametrize("policy", ["error", "skip", "text-only"])
+def test_on_missing_image_checks_images_a_text_only_model_never_reads(policy, tiny_text_only_ner, images, tmp_path,
+                                                                     check):
+    """The model reads no pixels, yet `error`/`skip` apply to unusable images; `text-only` leaves them alone."""
+    os.mkfifo(tmp_path / "pipe.jpg")  # a FIFO without a writer: must not block the run
+    (tmp_path / "folder.jpg").mkdir()
+    rows = [{"id": "ok", "text": "Obama in Berlin", "image": str(images["red"])},
+            {"id": "missing", "text": "Obama in Berlin", "image": "nope.jpg"},
+            {"id": "not-image", "text": "Obama in Berlin", "image": str(images["text"])},
+            {"id": "fifo", "text": "Obama in Berlin", "image": "pipe.jpg"},
+            {"id": "dir", "text": "Obama in Berlin", "image": "folder.jpg"},
+            {"id": "no-image", "text": "Obama in Berlin"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
+                    "--on-missing-image", policy, expect={"error": 3, "skip": 0, "text-only": 0}[policy])
+    records = read_out(tmp_path / "out.jsonl", check)
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    for rec in (records[0], records[-1]):
+        assert rec["image_used"] is False and "image_error" not in rec and rec["entities"] is not None
+    kinds = ["ImageNotFound", "ImageUnreadable", "ImageUnreadable", "ImageUnreadable"]
+    if policy == "error":
+        assert [r["error"]["type"] for r in records[1:5]] == kinds
+    elif policy == "skip":
+        assert [r["skipped"]["reason"].split(":")[0] for r in records[1:5]] == kinds
+    else:  # the default: the model reads no image, so none is opened and nothing is reported
+        assert all("tokens" in r and "image_error" not in r for r in records), result.output
+
+
 def test_skipped_line_matches_the_schema(schema_validator):
     skipped = {"id": "x", "line": 2, "skipped": {"reason": "ImageNotFound: image not found: nope.jpg"}}
     assert [e.message for e in schema_validator.iter_errors(skipped)] == []
@@ -230,6 +286,7 @@ def test_skipped_line_matches_the_schema(schema_validator):
 
 
 # -- size ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_100k_character_post_is_fully_tagged(tiny_text_only_ner, tmp_path, check):
     import random
 
@@ -241,16 +298,12 @@ def test_100k_character_post_is_fully_tagged(tiny_text_only_ner, tmp_path, check
     text = " ".join(pieces)[:100_000].rstrip()
     assert len(text) >= 99_990
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "long", "text": text}, {"id": "short", "text": "Obama"}])
-    start = time.process_time()  # CPU seconds: robust to a busy machine, still catches quadratic blow-ups
-    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0")
-    seconds = time.process_time() - start
-    assert result.exit_code == 0, result.output
+    invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0", expect=0)
     long, short = read_out(tmp_path / "out.jsonl", check)
     assert len(long["tokens"]) == len(long["bio"]) > 5_000
     covered = sum(t["end"] - t["start"] for t in long["tokens"])
     assert covered == sum(1 for ch in text if not ch.isspace())  # nothing dropped
     assert short["tokens"][0]["text"] == "Obama"
-    assert seconds < 60, f"a 100k-character post took {seconds:.0f} CPU seconds"
 
 
 # -- order, determinism, chunks, workers -----------------------------------------------------------------------------
@@ -359,9 +412,8 @@ def test_shards_union_is_the_unsharded_output(order_input, reference_output, tin
     lines: list[bytes] = []
     for index in (1, 2, 3):
         out = tmp_path / f"shard{index}.jsonl"
-        result = invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "-b", "2",
-                        "--shard", f"{index}/3", "--num-workers", "0")
-        assert result.exit_code in (0, 3), result.output
+        invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "-b", "2", "--shard", f"{index}/3",
+               "--num-workers", "0", expect=0 if index == 1 else 3)  # bad lines 12 (shard 3) and 26 (shard 2)
         shard = out.read_bytes().splitlines()
         assert all((json.loads(x)["line"] - 1) % 3 == index - 1 for x in shard)
         lines.extend(shard)
@@ -440,6 +492,7 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(300, seed=3))
     reference = tmp_path / "reference.jsonl"

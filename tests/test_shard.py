@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from mmib_cli.cli import cli
+from cli_helpers import invoke
 
 POSTS = [
     json.dumps({"id": "a", "text": "Kawhi Leonard visits New York"}),
     json.dumps({"id": "b", "text": "The Raptors play in Toronto tonight"}),
     "{not json",
-    "",  # blank lines are skipped but still counted
+    "",  # a blank line: a `skipped` record, so line numbers and the union still hold
     json.dumps({"id": "e", "text": 5}),
     json.dumps({"text": "Obama and Biden at lunch"}),
     json.dumps({"id": 7, "text": "@warriors win again #NBA"}),
@@ -28,8 +27,7 @@ def posts_file(tmp_path):
 
 
 def _annotate(args: list[str], model) -> tuple[int, list[bytes]]:
-    result = CliRunner().invoke(cli, ["annotate", *args, "--model", str(model), "--num-workers", "0",
-                                      "--no-progress"], catch_exceptions=False)
+    result = invoke("annotate", *args, "--model", model, "--num-workers", "0", "--no-progress")
     return result.exit_code, result.stdout_bytes.splitlines(keepends=True)
 
 
@@ -41,7 +39,7 @@ def _line(raw: bytes) -> int:
 def test_union_of_shards_is_the_unsharded_output(posts_file, tiny_text_only_ner, total):
     code, full = _annotate([str(posts_file), "-o", "-"], tiny_text_only_ner)
     assert code == 3  # the malformed line and the bad record are error records
-    assert [_line(r) for r in full] == [1, 2, 3, 5, 6, 7, 8]
+    assert [_line(r) for r in full] == [1, 2, 3, 4, 5, 6, 7, 8]
     union: list[bytes] = []
     for index in range(1, total + 1):
         code, part = _annotate([str(posts_file), "-o", "-", "--shard", f"{index}/{total}"], tiny_text_only_ner)
@@ -57,13 +55,11 @@ def test_union_of_shards_is_the_unsharded_output(posts_file, tiny_text_only_ner,
 def test_shard_to_file_matches_stdout(posts_file, tiny_text_only_ner, tmp_path):
     out = tmp_path / "shard.jsonl"
     code, _ = _annotate([str(posts_file), "-o", str(out), "--shard", "2/2"], tiny_text_only_ner)
-    assert code == 0  # lines 2, 6, 8: no error record in this shard
-    assert [_line(r) for r in out.read_bytes().splitlines()] == [2, 6, 8]
+    assert code == 0  # lines 2, 4 (blank: skipped), 6, 8: no error record in this shard
+    assert [_line(r) for r in out.read_bytes().splitlines()] == [2, 4, 6, 8]
 
 
 @pytest.mark.parametrize("value", ["0/2", "3/2", "1", "a/b", "1/0"])
 def test_bad_shard_is_a_usage_error(posts_file, tiny_text_only_ner, value):
-    result = CliRunner().invoke(cli, ["annotate", str(posts_file), "-o", "-", "--model", str(tiny_text_only_ner),
-                                      "--shard", value])
-    assert result.exit_code == 2
+    result = invoke("annotate", posts_file, "-o", "-", "--model", tiny_text_only_ner, "--shard", value, expect=2)
     assert "--shard" in result.stderr

@@ -47,10 +47,10 @@ def fetch_command(repo_id: str, revision: str | None = None, *, name: str | None
         name: the name the user typed (e.g. a registry name), used instead of `repo_id@revision`.
 
     Returns:
-        e.g. "mmib download org/name@v1 --online".
+        e.g. "mmib --online download org/name@v1" (`--online` is a global option: it goes before the command).
     """
     target = name if name is not None else (f"{repo_id}@{revision}" if revision else repo_id)
-    return f"mmib download {target} --online"
+    return f"mmib --online download {target}"
 
 
 @contextlib.contextmanager

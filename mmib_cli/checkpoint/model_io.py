@@ -125,6 +125,25 @@ def save_model(loaded: LoadedModel, directory: str | Path, *, dtype: torch.dtype
     return directory
 
 
+def load_config(directory: str | Path) -> Any:
+    """Read and validate a checkpoint's `config.json` as an `MMIBConfig`, allocating nothing else.
+
+    Raises:
+        InvalidCheckpoint: the file is missing or not JSON, or a value has the wrong type, an absurd size or
+            nests too deeply (the message names the field).
+    """
+    from mmib_cli.checkpoint.serialization import read_config
+    from mmib_cli.model import MMIBConfig
+
+    if not Path(directory).is_dir():
+        raise InvalidCheckpoint(f"checkpoint directory {directory} does not exist")
+    raw = read_config(directory)
+    try:
+        return MMIBConfig.from_dict({k: v for k, v in raw.items() if k not in CHECKPOINT_KEYS})
+    except (ValueError, TypeError) as exc:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: config.json: {exc}") from None
+
+
 def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                for_inference: bool = True) -> LoadedModel:
     """Load a single-task checkpoint directory; returns the model in eval mode on `device`.
@@ -133,14 +152,14 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dty
     no untrained visual tokens can reach the fusion (every post takes the learned no-image path).
 
     Raises:
-        InvalidCheckpoint: tensors are missing or unexpected for the configured architecture.
+        InvalidCheckpoint: config.json holds invalid values (checked before anything is allocated), or tensors are
+            missing or unexpected for the configured architecture.
     """
     from mmib_cli.checkpoint.serialization import load_state
-    from mmib_cli.model import MMIBConfig
 
     directory = Path(directory)
-    raw_config, state = load_state(directory)
-    config = MMIBConfig.from_dict({k: v for k, v in raw_config.items() if k not in CHECKPOINT_KEYS})
+    config = load_config(directory)
+    _, state = load_state(directory)
     with_images = config.trained_with_images or not for_inference
     loaded = build_model(config, load_image_backbone=with_images)
     try:

@@ -67,8 +67,8 @@ def _checkpoint_version(directory: Path) -> str | None:
         bundle = read_bundle(directory)
         config_dir = next(iter(bundle.values())) if bundle else directory
         config = json.loads((config_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError, InvalidCheckpoint):
-        return None
+    except (OSError, ValueError, RecursionError, InvalidCheckpoint):
+        return None  # an invalid config is reported by the loader, which validates it
     version = config.get("mmib_version") if isinstance(config, dict) else None
     return str(version) if version else None
 

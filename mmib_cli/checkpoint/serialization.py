@@ -132,9 +132,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InvalidCheckpoint(f"{path} is missing: {directory} is not an mmib checkpoint directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is nested too deeply") from None
     if not isinstance(data, dict):
-        raise InvalidCheckpoint(f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} must hold a JSON object, "
+                                f"got {type(data).__name__}")
     return data
 
 
@@ -242,8 +245,9 @@ def read_bundle(directory: str | Path) -> dict[str, Path] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCheckpoint(f"{path} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: {path} is not valid JSON "
+                                f"({exc or 'nested too deeply'})") from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise InvalidCheckpoint(f"{path} must be a JSON object with \"format\": \"{BUNDLE_FORMAT}\"")
     result: dict[str, Path] = {}

@@ -59,7 +59,7 @@ def verify_files(
     Args:
         directory: the checkpoint directory.
         expected: relative path ('/'-separated) → sha256 hex.
-        name: the model name the user asked for, used in the suggested command `mmib download NAME --force`.
+        name: the model name the user asked for, used in the suggested command `mmib --online download NAME --force`.
         remedy: a sentence replacing that suggested command (e.g. for checkpoints shipped in the package).
 
     Raises:
@@ -69,7 +69,7 @@ def verify_files(
     directory = Path(directory)
     if remedy is None:
         target = name if name is not None else str(directory)
-        remedy = f"Re-download it with: mmib download {target} --force --online"
+        remedy = f"Re-download it with: mmib --online download {target} --force"
     for relpath, want in sorted(expected.items()):
         path = directory.joinpath(*safe_relpath(relpath).parts)
         if not path.is_file():

@@ -1,12 +1,19 @@
 """Safe image loading: size limit, EXIF orientation, any colour mode to RGB, resize/crop/normalise to a tensor.
 
-Failures raise ``ImageError`` (an ``InvalidInput``) whose ``error_type`` is ``ImageNotFound``, ``ImageUnreadable``
-or ``DecompressionBomb``; the annotator turns them into error records or drops the image, as configured.
+Only regular files are read (a FIFO, a device such as ``/dev/zero`` or a directory is refused without reading a
+byte, so nothing blocks or reads forever), and at most ``DEFAULT_MAX_IMAGE_BYTES`` of them.
+
+Failures raise ``ImageError`` (an ``InvalidInput``) whose ``error_type`` is ``ImageNotFound``, ``ImageUnreadable``,
+``ImageTooLarge`` or ``DecompressionBomb``; the annotator turns them into error records or drops the image, as
+configured.
 """
 from __future__ import annotations
 
+import io
 import logging
+import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +28,17 @@ from mmib_cli.io.records import InputError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "RASTER_FORMATS",
     "ImageError",
+    "check_image",
     "crop_image",
     "load_image",
     "normalize_pixels",
     "open_rgb",
     "preprocess_image",
+    "read_image_file",
     "resize_size",
     "resolve_image_path",
     "to_rgb",
@@ -36,6 +46,9 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """Largest accepted image (width x height), Pillow's default ``MAX_IMAGE_PIXELS``."""
+
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Largest accepted image file (bytes, 64 MiB); a larger one is an ``ImageTooLarge`` error."""
 
 RASTER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "JPEG2000", "AVIF", "HEIF",
                   "QOI", "PCX")
@@ -47,7 +60,8 @@ _WHITE = (255, 255, 255, 255)
 
 
 class ImageError(InputError):
-    """An image cannot be used; ``error_type`` is ``ImageNotFound``, ``ImageUnreadable`` or ``DecompressionBomb``.
+    """An image cannot be used; ``error_type`` is ``ImageNotFound``, ``ImageUnreadable``, ``ImageTooLarge`` or
+    ``DecompressionBomb``.
 
     Args:
         message: what failed, naming the file.
@@ -83,6 +97,86 @@ def resolve_image_path(image: str, *, base_dir: Path, image_root: Path | None = 
     return Path(image_root if image_root is not None else base_dir) / path
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _not_found(path: Path) -> ImageError:
+    return ImageError(
+        f"image not found: {path} (relative image paths resolve against the image root, by default the input "
+        "file's folder)",
+        error_type="ImageNotFound",
+    )
+
+
+def read_image_file(path: Path | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, whole: bool = True) -> bytes:
+    """Read an image file safely: only a regular file, at most ``max_bytes``; never blocks on a pipe or device.
+
+    The file is opened with ``O_NONBLOCK`` (opening a FIFO without a writer returns at once) and checked with
+    ``fstat`` before anything is read; reading stops at ``max_bytes + 1`` bytes, so a file that grows or lies
+    about its size cannot make it read forever.
+
+    Args:
+        path: image file.
+        max_bytes: largest accepted size.
+        whole: read the whole file (else only check it and return ``b""``).
+
+    Returns:
+        The file's bytes (``b""`` when ``whole`` is False).
+
+    Raises:
+        ImageError: ``ImageNotFound`` (no such file), ``ImageTooLarge`` (over ``max_bytes``) or ``ImageUnreadable``
+            (a directory, FIFO, device or socket; permission denied; an I/O error).
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise _not_found(path) from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"image path {path} is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"image {path} cannot be read: permission denied") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ImageError(f"image {path} cannot be opened ({type(exc).__name__}: {exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"image path {path} is {_kind(info.st_mode)}, not an image file")
+        if info.st_size > max_bytes:
+            raise ImageError(f"image {path} is {info.st_size} bytes, over the limit of {max_bytes} bytes",
+                             error_type="ImageTooLarge")
+        data = _read_at_most(fd, max_bytes + 1) if whole else b""
+    except OSError as exc:
+        raise ImageError(f"image {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ImageError(f"image {path} grew over the limit of {max_bytes} bytes while read",
+                         error_type="ImageTooLarge")
+    return data
+
+
+def _read_at_most(fd: int, count: int) -> bytes:
+    chunks, left = [], count
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def resize_size(image_size: int) -> int:
     """Shorter side before the centre crop: ``round(image_size * 256 / 224)`` (256 for 224)."""
     return int(round(image_size * 256 / 224))
@@ -103,55 +197,72 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, path: Path) -> None:
         )
 
 
-def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
-    """Open an image safely and return it upright (EXIF orientation applied) in RGB mode.
-
-    The pixel limit is checked on the header before any decoding. Pillow's own decompression-bomb warning and error
-    (global ``Image.MAX_IMAGE_PIXELS``) are treated as errors too, so the effective limit is the smaller of both.
-
-    Args:
-        path: image file.
-        max_pixels: largest accepted width x height.
-        draft_size: if given, JPEGs may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
-            this many pixels (much faster for large photos).
-
-    Returns:
-        A loaded RGB image (alpha composited on white).
-
-    Raises:
-        ImageError: ``ImageNotFound`` (no such file), ``DecompressionBomb`` (too many pixels) or
-            ``ImageUnreadable`` (not an image, truncated, corrupt, unsupported mode).
-    """
-    path = Path(path)
+def _decode(path: Path, max_pixels: int, max_bytes: int, *, draft_size: int | None,
+            load: bool) -> Image.Image | None:
+    """Read ``path`` (``read_image_file``), parse its header, check its pixel count, and decode it when ``load``."""
+    data = read_image_file(path, max_bytes=max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_open_formats()) as im:
+            with Image.open(io.BytesIO(data), formats=_open_formats()) as im:
                 _check_pixels(im.size, max_pixels, path)
+                if not load:
+                    return None
                 if draft_size and im.format in ("JPEG", "MPO"):
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
                 return to_rgb(_upright(im, path))
     except ImageError:
         raise
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ImageError(
-            f"image not found: {path} (relative image paths resolve against the image root, by default the input "
-            "file's folder)",
-            error_type="ImageNotFound",
-        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image {path} is too large: {exc}", error_type="DecompressionBomb") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{path} is not an image in a supported format ({', '.join(_open_formats())})") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(f"image path {path} is a directory, not an image file") from exc
-    except PermissionError as exc:
-        raise ImageError(f"image {path} cannot be read: permission denied") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted data is a per-record error
         raise ImageError(
             f"image {path} cannot be decoded, it may be truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+             max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    """Open an image safely and return it upright (EXIF orientation applied) in RGB mode.
+
+    Only a regular file of at most ``max_bytes`` is read (see ``read_image_file``). The pixel limit is checked on
+    the header before any decoding. Pillow's own decompression-bomb warning and error (global
+    ``Image.MAX_IMAGE_PIXELS``) are treated as errors too, so the effective limit is the smaller of both.
+
+    Args:
+        path: image file.
+        max_pixels: largest accepted width x height.
+        draft_size: if given, JPEGs may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
+            this many pixels (much faster for large photos).
+        max_bytes: largest accepted file size.
+
+    Returns:
+        A loaded RGB image (alpha composited on white).
+
+    Raises:
+        ImageError: ``ImageNotFound`` (no such file), ``ImageTooLarge`` (file over ``max_bytes``),
+            ``DecompressionBomb`` (too many pixels) or ``ImageUnreadable`` (not a regular file, not an image,
+            truncated, corrupt, unsupported mode).
+    """
+    image = _decode(Path(path), max_pixels, max_bytes, draft_size=draft_size, load=True)
+    assert image is not None
+    return image
+
+
+def check_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    """Check that an image could be used, without decoding its pixels: a regular, readable file within
+    ``max_bytes`` whose header parses as a supported format within ``max_pixels``.
+
+    Used when the model reads no pixels but ``--on-missing-image error|skip`` must still apply.
+
+    Raises:
+        ImageError: as ``open_rgb`` (a truncated pixel stream is not detected: nothing is decoded).
+    """
+    _decode(Path(path), max_pixels, max_bytes, draft_size=None, load=False)
 
 
 def _upright(im: Image.Image, path: Path) -> Image.Image:
@@ -242,6 +353,7 @@ def load_image(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> torch.Tensor:
     """Load an image file as a normalised ``(3, S, S)`` tensor (see ``open_rgb``, ``crop_image``).
 
@@ -252,14 +364,15 @@ def load_image(
             smaller while it waits for its batch; ``normalize_pixels`` then gives the same floats).
         std: per-channel standard deviation.
         max_pixels: largest accepted width x height.
+        max_bytes: largest accepted file size.
 
     Returns:
         ``(3, S, S)`` float32 tensor (uint8 when ``mean`` and ``std`` are ``None``).
 
     Raises:
-        ImageError: ``ImageNotFound``, ``ImageUnreadable`` or ``DecompressionBomb``.
+        ImageError: ``ImageNotFound``, ``ImageUnreadable``, ``ImageTooLarge`` or ``DecompressionBomb``.
     """
-    im = open_rgb(path, max_pixels=max_pixels, draft_size=resize_size(image_size))
+    im = open_rgb(path, max_pixels=max_pixels, draft_size=resize_size(image_size), max_bytes=max_bytes)
     try:
         pixels = crop_image(im, image_size=image_size)
     except (ValueError, OSError) as exc:

@@ -23,7 +23,8 @@ PostId = Union[str, int]
 """Type of a post id: the input's id field (string or integer), else the 1-based line number."""
 
 RESERVED_KEYS: frozenset[str] = frozenset(
-    {"id", "line", "text", "tokens", "bio", "entities", "relations", "image_used", "model", "error"}
+    {"id", "line", "text", "tokens", "bio", "entities", "relations", "image_used", "image_error", "model", "error",
+     "skipped"}
 )
 """Output keys set by mmib; input fields with these names are not passed through."""
 
@@ -36,8 +37,10 @@ __all__ = [
     "OutputPost",
     "PostId",
     "Relation",
+    "SkippedRecord",
     "TokenRecord",
     "make_output",
+    "marker_from_json",
     "output_schema",
     "parse_post",
     "post_id",
@@ -156,6 +159,40 @@ class ErrorRecord:
         """
         error_type = getattr(exc, "error_type", None) or type(exc).__name__
         return cls(id=id, line=line, error_type=str(error_type), message=str(exc) or type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    """An input line left out on purpose (a blank line, or ``--on-missing-image skip``): a ``skipped`` line.
+
+    Not an error: it keeps "one output line per input line" true and leaves the exit code at 0.
+
+    Attributes:
+        id: the record's id if it could be read, else the line number.
+        line: 1-based physical line number in the input.
+        reason: why the line was skipped (``"blank line"``, ``"ImageNotFound: ..."``).
+    """
+
+    id: PostId
+    line: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The skipped line: ``{"id", "line", "skipped": {"reason"}}``."""
+        return {"id": self.id, "line": self.line, "skipped": {"reason": self.reason}}
+
+
+def marker_from_json(obj: Mapping[str, Any]) -> ErrorRecord | SkippedRecord:
+    """Inverse of ``ErrorRecord.to_json`` / ``SkippedRecord.to_json``.
+
+    Raises:
+        ValueError: ``obj`` is neither an error line nor a skipped line.
+    """
+    if isinstance(obj.get("error"), Mapping):
+        return ErrorRecord(obj["id"], obj["line"], obj["error"]["type"], obj["error"]["message"])
+    if isinstance(obj.get("skipped"), Mapping):
+        return SkippedRecord(obj["id"], obj["line"], obj["skipped"]["reason"])
+    raise ValueError(f"not an error or skipped line: {obj!r}")
 
 
 def post_id(obj: Any, line: int, *, id_field: str = "id") -> PostId:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,24 @@ NUM_WORD_SHAPES: int = 8
 TASKS = ("ner", "re")
 AR_SCORES = ("concat", "bilinear")
 RE_LOSS_REDUCTIONS = ("mean", "sum")
+
+MAX_SIZES: dict[str, int] = {
+    "hidden_size": 16_384,
+    "image_feature_dim": 16_384,
+    "latent_size": 4_096,
+    "num_attention_heads": 256,
+    "image_grid": 32,
+    "num_word_shapes": 1_024,
+    "ar_negatives": 256,
+    "max_length": 8_192,
+}
+"""Largest accepted value of each size field: far above any real MMIB model (the default checkpoint: 384, 1280,
+256, 4, 2, 8, 1, 128), low enough that a corrupt or hostile ``config.json`` cannot make building the model allocate
+absurd memory."""
+MAX_LABELS = 4_096
+MAX_LABEL_CHARS = 256
+MAX_SPEC_DEPTH = 16
+"""Deepest nesting accepted inside a config (the encoder specs are small dicts)."""
 
 
 def default_labels(task: str) -> list[str]:
@@ -151,16 +170,21 @@ class MMIBConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise ValueError(f"task must be one of {TASKS}, got {_short(self.task)}")
         if not self.labels:
             self.labels = default_labels(self.task)
         else:
-            self.labels = [str(label) for label in self.labels]
+            self.labels = _string_list("labels", self.labels, max_items=MAX_LABELS)
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         """Check every field; raise ValueError quoting the offending value."""
+        self._validate_labels()
+        self._validate_numbers()
+        self._validate_choices()
+
+    def _validate_labels(self) -> None:
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({label for label in self.labels if self.labels.count(label) > 1})
             raise ValueError(f"labels must be unique, got duplicates {dupes}")
@@ -168,41 +192,49 @@ class MMIBConfig:
             raise ValueError(f"labels must hold at least 2 labels, got {len(self.labels)}: {self.labels}")
         if self.task == "ner":
             _check_bio_labels(self.labels)
-        for name in ("hidden_size", "image_feature_dim", "latent_size", "num_attention_heads", "image_grid",
-                     "num_word_shapes", "ar_negatives", "max_length"):
+        self.entity_markers = _string_list("entity_markers", self.entity_markers, max_items=4)
+        if len(self.entity_markers) != 4:
+            raise ValueError(f"entity_markers must hold 4 strings, got {len(self.entity_markers)}")
+
+    def _validate_numbers(self) -> None:
+        for name, limit in MAX_SIZES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer in [1, {limit}], got {_short(value)}")
+        for name in ("attention_dropout", "dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {_short(value)}")
+        for name in ("beta_kl_text", "beta_kl_image", "beta_ar"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite non-negative number, got {_short(value)}")
+        stride = self.stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < self.max_length:
+            raise ValueError(f"stride must be an integer in [0, max_length={self.max_length}), got {_short(stride)}")
         if self.latent_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"latent_size ({self.latent_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        for name in ("attention_dropout", "dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-        for name in ("beta_kl_text", "beta_kl_image", "beta_ar"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+    def _validate_choices(self) -> None:
         for name in ("use_image", "trained_with_images", "freeze_image_backbone", "use_word_shape", "use_kl",
                      "use_ar", "hashtag_words"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a bool, got {_short(getattr(self, name))}")
         if self.ar_score not in AR_SCORES:
-            raise ValueError(f"ar_score must be one of {AR_SCORES}, got {self.ar_score!r}")
+            raise ValueError(f"ar_score must be one of {AR_SCORES}, got {_short(self.ar_score)}")
         if self.re_loss_reduction not in RE_LOSS_REDUCTIONS:
             raise ValueError(
-                f"re_loss_reduction must be one of {RE_LOSS_REDUCTIONS}, got {self.re_loss_reduction!r}"
+                f"re_loss_reduction must be one of {RE_LOSS_REDUCTIONS}, got {_short(self.re_loss_reduction)}"
             )
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or not 0 <= self.stride < self.max_length:
-            raise ValueError(f"stride must be an integer in [0, max_length={self.max_length}), got {self.stride!r}")
         for name in ("text_encoder", "image_encoder"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+            _check_depth(name, getattr(self, name))
         if not isinstance(self.encoder_tuning, str) or not self.encoder_tuning:
-            raise ValueError(f"encoder_tuning must be a non-empty string, got {self.encoder_tuning!r}")
+            raise ValueError(f"encoder_tuning must be a non-empty string, got {_short(self.encoder_tuning)}")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -240,14 +272,50 @@ class MMIBConfig:
         Raises:
             ValueError: when a value is invalid.
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        _check_depth("config", data)  # before copying: deepcopy recurses
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in data if k not in known)
         if unknown:
-            logger.warning("ignoring unknown MMIBConfig keys: %s", ", ".join(unknown))
+            logger.warning("ignoring unknown MMIBConfig keys: %s", ", ".join(map(str, unknown))[:500])
         kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
         if kwargs.get("labels") is None:
             kwargs.pop("labels", None)
         return cls(**kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value for an error message, cut to 80 characters (a hostile config may hold huge values)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _string_list(name: str, value: Any, *, max_items: int) -> list[str]:
+    """``value`` as a list of non-empty strings of at most ``MAX_LABEL_CHARS`` characters, or ValueError."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of strings, got {_short(value)}")
+    if len(value) > max_items:
+        raise ValueError(f"{name} must hold at most {max_items} strings, got {len(value)}")
+    for item in value:
+        if not isinstance(item, str) or not 0 < len(item) <= MAX_LABEL_CHARS:
+            raise ValueError(f"{name} must hold strings of 1 to {MAX_LABEL_CHARS} characters, got {_short(item)}")
+    return list(value)
+
+
+def _check_depth(name: str, value: Any, limit: int = MAX_SPEC_DEPTH) -> None:
+    """Raise ValueError when ``value`` nests dicts/lists deeper than ``limit`` levels (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise ValueError(f"{name} is nested deeper than {limit} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _check_bio_labels(labels: list[str]) -> None:

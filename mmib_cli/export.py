@@ -1,0 +1,241 @@
+"""`mmib export`: annotation output → Label Studio tasks with pre-annotations, its labeling config, or CoNLL BIO.
+
+Label Studio tasks (its "Basic Label Studio JSON format" with a ``predictions`` list)::
+
+    {"data": {"text": ..., "image": ..., "post_id": ..., "line": ...},
+     "predictions": [{"model_version": "mmib-default@0.1.0", "score": 0.52, "result": [
+        {"id": "e0", "from_name": "label", "to_name": "text", "type": "labels", "score": 0.99,
+         "value": {"start": 0, "end": 14, "text": "Eileen Collins", "labels": ["PER"]}},
+        {"type": "relation", "from_id": "e0", "to_id": "e1", "direction": "right", "labels": ["/per/org/member_of"]}]}]}
+
+Offsets are Unicode code points, as in mmib's output and in Label Studio's Text tag (so ``text[start:end]`` is the
+entity's text on both sides). The task ``score`` is the lowest entity or relation score of the post (1.0 when the
+model found nothing), so sorting tasks by prediction score puts the doubtful posts first.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+from mmib_cli.choices import Choice
+from mmib_cli.io.outputs import read_output
+from mmib_cli.io.textfile import check_writable, write_text_output
+from mmib_cli.report import LABEL_COLOURS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportFormat", "ExportOptions", "ExportResult", "ImageRefs", "conll_lines", "export", "label_config",
+           "label_studio_task", "model_relation_labels"]
+
+ENTITY_LABELS = ("PER", "LOC", "ORG", "MISC")
+FROM_NAME, TO_NAME, IMAGE_NAME = "label", "text", "image"
+"""Tag names of the labeling config; the reader (`data/labelstudio.py`) accepts any names."""
+LOCAL_FILES_URL = "/data/local-files/?d="
+"""Label Studio's URL prefix for files under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT."""
+
+
+class ExportFormat(Choice):
+    """What `mmib export` writes (`--format`)."""
+
+    LABEL_STUDIO = "label-studio"  # a JSON list of tasks with pre-annotations
+    CONLL = "conll"  # word<TAB>BIO tag lines, a blank line after each post (the Twitter-2015/2017 layout)
+
+
+@dataclass
+class ImageRefs:
+    """How a record's `image` becomes `data.image`: as written, under a URL prefix, or a local-files URL."""
+
+    base_dir: Path
+    image_root: Path | None = None
+    url_prefix: str | None = None
+    local_files_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.url_prefix and self.local_files_root:
+            raise ValueError("give either --image-url-prefix or --local-files-root, not both")
+
+    def reference(self, image: Any) -> str:
+        """`data.image` for an output record's image field ("" when the post has none or it cannot be referenced).
+
+        Raises:
+            ValueError: with `local_files_root`, the image lies outside it (Label Studio could not serve it).
+        """
+        from mmib_cli.io.images import ImageError, resolve_image_path
+
+        if not isinstance(image, str) or not image:
+            return ""
+        if not self.url_prefix and not self.local_files_root:
+            return image
+        root = self.image_root or self.base_dir
+        try:
+            path = resolve_image_path(image, base_dir=self.base_dir, image_root=self.image_root)
+        except ImageError:  # a URL: already a reference Label Studio can load
+            return image
+        if self.url_prefix:
+            try:
+                relative = path.resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError:
+                relative = Path(image).as_posix().lstrip("/")
+            return self.url_prefix.rstrip("/") + "/" + quote(relative)
+        assert self.local_files_root is not None
+        try:
+            relative = path.resolve().relative_to(self.local_files_root.resolve()).as_posix()
+        except ValueError:
+            raise ValueError(f"image {path} is outside --local-files-root {self.local_files_root}") from None
+        return LOCAL_FILES_URL + quote(relative, safe="/")
+
+
+@dataclass
+class ExportOptions:
+    """What `mmib export` takes (see its --help)."""
+
+    input: str
+    output: str
+    format: ExportFormat = ExportFormat.LABEL_STUDIO
+    image_root: str | None = None
+    image_url_prefix: str | None = None
+    local_files_root: str | None = None
+    limit: int | None = None
+    force: bool = False
+
+
+@dataclass
+class ExportResult:
+    """How many records became tasks (or CoNLL sentences) and how many were left out (errors, skipped)."""
+
+    output: str
+    exported: int
+    left_out: int
+    image_problems: int
+
+
+def _is_annotated(record: dict[str, Any]) -> bool:
+    return "error" not in record and "skipped" not in record and isinstance(record.get("text"), str)
+
+
+def _scores(items: Iterable[dict[str, Any]]) -> list[float]:
+    return [float(x["score"]) for x in items if isinstance(x.get("score"), (int, float))]
+
+
+def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, Any]:
+    """One annotated output record as a Label Studio task with its pre-annotation.
+
+    Relation heads/tails are matched to the record's entities by offsets; a head or tail that is not among them
+    (`mmib relations` with given pairs) gets its own region when it has a label, else the triple is left out.
+    """
+    text = record["text"]
+    result: list[dict[str, Any]] = []
+    region_of: dict[tuple[int, int], str] = {}
+
+    def region(entity: dict[str, Any]) -> str | None:
+        start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
+        if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end <= len(text):
+            return None
+        if (start, end) in region_of:
+            return region_of[(start, end)]
+        if not isinstance(label, str):
+            return None
+        rid = f"e{len(region_of)}"
+        region_of[(start, end)] = rid
+        item = {"id": rid, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "labels",
+                "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]}}
+        if isinstance(entity.get("score"), (int, float)):
+            item["score"] = entity["score"]
+        result.append(item)
+        return rid
+
+    entities = [e for e in record.get("entities") or [] if isinstance(e, dict)]
+    for entity in entities:
+        region(entity)
+    relations = [r for r in record.get("relations") or [] if isinstance(r, dict) and r.get("relation") != "None"]
+    for rel in relations:
+        head, tail = region(rel.get("head") or {}), region(rel.get("tail") or {})
+        if head and tail:
+            result.append({"type": "relation", "from_id": head, "to_id": tail, "direction": "right",
+                           "labels": [str(rel.get("relation"))]})
+    scores = _scores(entities) + _scores(relations)
+    data = {"text": text, "image": image, "post_id": record.get("id"), "line": record.get("line")}
+    return {"data": data, "predictions": [{"model_version": str(record.get("model", "mmib")),
+                                           "score": min(scores) if scores else 1.0, "result": result}]}
+
+
+def conll_lines(record: dict[str, Any]) -> list[str]:
+    """One annotated record as CoNLL lines: `IMGID:<photo stem>` when it has a photo, then `word<TAB>tag`."""
+    tokens, tags = record.get("tokens") or [], record.get("bio") or []
+    if len(tokens) != len(tags):
+        raise ValueError(f"line {record.get('line')}: {len(tokens)} tokens but {len(tags)} BIO tags")
+    lines = [f"IMGID:{Path(record['image']).stem}"] if isinstance(record.get("image"), str) else []
+    for token, tag in zip(tokens, tags):
+        word = token.get("text") if isinstance(token, dict) else str(token)
+        lines.append(f"{''.join(word.split()) or '_'}\t{tag}")
+    return lines
+
+
+def export(opts: ExportOptions) -> ExportResult:
+    """Convert an annotation output file; error and skipped records are left out (counted in the result).
+
+    Raises:
+        OutputExists: the output exists and `opts.force` is not set.
+        ValueError: conflicting image options.
+        OSError: the input cannot be read or the output cannot be written.
+    """
+    fmt = ExportFormat.parse(opts.format, what="--format")
+    check_writable(opts.output, force=opts.force)
+    base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
+    refs = ImageRefs(base_dir, Path(opts.image_root) if opts.image_root else None, opts.image_url_prefix,
+                     Path(opts.local_files_root) if opts.local_files_root else None)
+    items: list[Any] = []
+    left_out = problems = 0
+    for record in read_output(opts.input, limit=opts.limit):
+        if not _is_annotated(record):
+            left_out += 1
+            continue
+        if fmt is ExportFormat.CONLL:
+            items.append("\n".join(conll_lines(record)) + "\n")
+            continue
+        try:
+            image = refs.reference(record.get("image"))
+        except ValueError as exc:
+            problems += 1
+            logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
+            image = ""
+        items.append(label_studio_task(record, image=image))
+    text = "\n".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
+    write_text_output(opts.output, text, force=opts.force)
+    logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,
+                left_out)
+    return ExportResult(opts.output, len(items), left_out, problems)
+
+
+def model_relation_labels(model: str, *, online: bool | None = None) -> list[str]:
+    """The relation labels (without `None`) of a checkpoint's RE part, read from its config (no weights loaded).
+
+    A checkpoint without an RE part gives the 22 MNRE relations.
+    """
+    from mmib_cli.checkpoint import read_bundle, read_config, resolve_model
+    from mmib_cli.model.configuration import RE_LABELS
+
+    path = resolve_model(model, online=online).path
+    parts = read_bundle(path) or {"main": path}
+    for part in parts.values():
+        config = read_config(part)
+        if config.get("task") == "re":
+            return [label for label in config.get("labels") or RE_LABELS if label != "None"]
+    return [label for label in RE_LABELS if label != "None"]
+
+
+def label_config(relations: Iterable[str], *, entity_labels: Iterable[str] = ENTITY_LABELS) -> str:
+    """The Label Studio labeling config matching `label_studio_task`: Relations, Labels, Text and Image."""
+    rel_lines = "\n".join(f"    <Relation value={quoteattr(r)}/>" for r in relations)
+    ent_lines = "\n".join(f"    <Label value={quoteattr(label)} "
+                          f"background={quoteattr(LABEL_COLOURS.get(label, '#ddd'))}/>" for label in entity_labels)
+    return (f'<View>\n  <Relations>\n{rel_lines}\n  </Relations>\n'
+            f'  <Labels name="{FROM_NAME}" toName="{TO_NAME}">\n{ent_lines}\n  </Labels>\n'
+            f'  <Text name="{TO_NAME}" value="$text"/>\n'
+            f'  <Image name="{IMAGE_NAME}" value="$image" maxWidth="480px"/>\n</View>\n')
