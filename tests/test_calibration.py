@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from cli_helpers import one_torch_thread
-from test_train import RE_ARGS, re_examples, run_cli, train_cli, write_mnre
+from cli_helpers import invoke, one_torch_thread
+from test_train import RE_ARGS, re_examples, train_cli, write_mnre
 
 from mmib_cli.calibration import fit_temperature, scaled_probabilities, threshold_for_precision
 
@@ -43,7 +43,7 @@ def test_threshold_is_the_lowest_score_that_reaches_the_precision():
     gold = torch.tensor([1, 2, 2, 2, 0, 1])  # right, right, wrong, right, wrong
     choice = threshold_for_precision(scores, predicted, gold, none_id=0, target=75.0)
     assert choice.min_score == pytest.approx(0.7) and choice.kept == 4 and choice.precision == 75.0
-    assert choice.recall == 75.0  # 3 of the 4 gold relations
+    assert choice.recall == 60.0  # 3 of the 5 gold relations (one was predicted None)
     assert threshold_for_precision(scores, predicted, gold, none_id=0, target=100.0).min_score == pytest.approx(0.9)
     assert threshold_for_precision(scores, predicted, torch.zeros(6, dtype=torch.long), none_id=0,
                                    target=50.0) is None
@@ -65,11 +65,11 @@ def test_calibrate_command_writes_the_config(tiny_bert_dir, tmp_path):
     with one_torch_thread():
         train_cli("re", data, data, tmp_path / "re", *args, text_dir=tiny_bert_dir)
     write_bundle(tmp_path / "bundle", {"re": tmp_path / "re"})
-    result = run_cli(["calibrate", "-m", str(tmp_path / "bundle"), "--data", str(data), "--precision", "0"])
+    result = invoke("calibrate", "-m", tmp_path / "bundle", "--data", data, "--precision", "0", expect=0)
     report = json.loads(result.stdout)
     config = json.loads((tmp_path / "bundle" / "re" / "config.json").read_text())
     assert config["relation_temperature"] == report["relation_temperature"] > 0
     assert config["relation_min_score"] == report["relation_min_score"]
     assert report["pairs"] == 16 + 4  # the four couple pairs are symmetric: read backwards too
     assert report["nll_after"] <= report["nll_before"] + 1e-6
-    run_cli(["calibrate", "-m", str(tmp_path / "bundle"), "--data", str(data), "--no-reverse-pairs"])
+    invoke("calibrate", "-m", tmp_path / "bundle", "--data", data, "--no-reverse-pairs", expect=0)

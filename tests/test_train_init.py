@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import one_torch_thread
-from test_train import NER_ARGS, eval_cli, ner_sentences, run_cli, train_cli, write_conll
+from cli_helpers import invoke, one_torch_thread
+from test_train import NER_ARGS, eval_cli, ner_sentences, train_cli, write_conll
 
 from mmib_cli.train import _AutocastPlan
 
@@ -26,8 +26,8 @@ def base_run(tiny_bert_dir, tmp_path_factory):
 
 
 def _init_cli(task: str, init: Path | str, train: Path, output: Path, *extra: str, expect: int = 0):
-    return run_cli(["train", task, "--init", str(init), "--train", str(train), "--valid", str(train),
-                    "-o", str(output), "--epochs", "1", "-b", "4", *extra], expect=expect)
+    return invoke("train", task, "--init", str(init), "--train", str(train), "--valid", str(train),
+                  "-o", str(output), "--epochs", "1", "-b", "4", *extra, expect=expect)
 
 
 def test_init_starts_from_the_checkpoint_weights(base_run, tmp_path):
