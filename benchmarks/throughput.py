@@ -2,7 +2,7 @@
 
 For each model configuration, in one process and on the same loaded model object:
 
-* **pipeline**: `run_pipeline(PipelineOptions(task="annotate", ...))` - the exact code path of `mmib annotate`
+* **pipeline**: `run_pipeline(RunOptions(task="annotate", ...), annotator=...)` - the exact code path of `mmib annotate`
   (JSONL read, validation, word split, image decode in DataLoader workers, featurisation, batched forward, CRF
   decode, entities, JSON write) on N synthetic posts, half of them with a generated JPEG photo. The model is loaded
   once beforehand (its load time is reported separately) so posts/s is the steady-state rate.
@@ -42,14 +42,12 @@ def _sync(device: Any) -> None:
 def pipeline_chunks(annotator: Any, posts_path: Path, args: argparse.Namespace) -> Iterator[list]:
     """The prepared chunks the pipeline cuts from `posts_path` (its own chunking code, in this process)."""
     from mmib_cli import pipeline
+    from mmib_cli.runs import RunOptions
 
-    settings = annotator.prepare_settings(base_dir=posts_path.resolve().parent)
-    size = chunk_size(args)
-    cap = getattr(pipeline, "CHUNK_IMAGE_BATCHES", None)
-    if cap is not None and not args.chunk_size:
-        return iter(pipeline._ChunkSource(str(posts_path), settings, size, None, None, frozenset(),
-                                          max_images=cap * args.batch_size, first_chunk=args.batch_size))
-    return iter(pipeline._ChunkSource(str(posts_path), settings, size, None, None, frozenset()))
+    opts = RunOptions(task="annotate", input_path=str(posts_path), output="-", batch_size=args.batch_size,
+                      chunk_size=args.chunk_size)
+    settings = annotator.prepare_settings(**opts.prepare_fields())
+    return iter(pipeline._ChunkSource(opts, settings, opts.chunk_rule))
 
 
 def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace) -> tuple[list[dict], int, int]:
@@ -104,23 +102,21 @@ def time_bound(model: Any, batches: list[dict], device: Any) -> float:
 
 def chunk_size(args: argparse.Namespace) -> int:
     """Posts per pipeline chunk (the bound's batches are cut from chunks of the same size)."""
-    from mmib_cli import pipeline
+    from mmib_cli.runs.plan import CHUNK_BATCHES
 
-    return args.chunk_size or getattr(pipeline, "CHUNK_BATCHES", 4) * args.batch_size
+    return args.chunk_size or CHUNK_BATCHES * args.batch_size
 
 
 def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argparse.Namespace,
                   profile: Path | None = None, workers: int | None = None, threads: int | None = None,
                   chunk: int | None = None) -> float:
     """Seconds of `run_pipeline` (the `mmib annotate` code path) with the model already loaded."""
-    from unittest import mock
-
     import torch
 
-    from mmib_cli import pipeline
-    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+    from mmib_cli.pipeline import run_pipeline
+    from mmib_cli.runs import RunOptions
 
-    opts = PipelineOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
+    opts = RunOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
                            model="preloaded", batch_size=args.batch_size, device=args.device,
                            num_workers=args.num_workers if workers is None else workers, progress=False, force=True,
                            chunk_size=args.chunk_size if chunk is None else chunk)
@@ -133,10 +129,9 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
 
         profiler = Profiler(interval=0.002)
         profiler.start()
-    with mock.patch.object(pipeline.Annotator, "from_pretrained", return_value=annotator):
-        start = time.perf_counter()
-        summary = run_pipeline(opts)
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = run_pipeline(opts, annotator=annotator)
+    seconds = time.perf_counter() - start
     if profiler is not None:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=True, color=False, show_all=False))

@@ -1,5 +1,10 @@
 """`python -m mmib_cli` runs the `mmib` command line."""
-from mmib_cli.cli import main
+from mmib_cli.signals import Interrupted, install
 
 if __name__ == "__main__":
+    install()  # before the heavy imports: a signal during start-up ends the process quietly
+    try:
+        from mmib_cli.cli import main
+    except Interrupted as exc:
+        raise SystemExit(128 + exc.signum) from None
     main()

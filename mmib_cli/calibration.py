@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from mmib_cli.errors import UsageError
+
 TEMPERATURE_RANGE = (0.05, 20.0)  # searched on a log scale
 PROB_FLOOR = 1e-12  # log(0) guard for probabilities that underflowed
 
@@ -125,12 +127,12 @@ def calibrate_checkpoint(directory: str | Path, data: Sequence[str | Path], *, p
     bundle = read_bundle(directory)
     if bundle is not None:
         if "re" not in bundle:
-            raise ValueError(f"{directory}: the bundle has no re part")
+            raise UsageError(f"{directory}: the bundle has no re part")
         directory = bundle["re"]
     loaded = load_model(directory)
     labels = loaded.model.config.labels
     if loaded.model.config.task != "re":
-        raise ValueError(f"{directory} is a {loaded.model.config.task} checkpoint, not re")
+        raise UsageError(f"{directory} is a {loaded.model.config.task} checkpoint, not re")
     examples = read_examples("re", list(data), loaded.featurizer, labels, reverse_pairs=reverse_pairs)
     probs = predict_re(loaded, examples.windows, batch_size=batch_size)
     gold = torch.tensor([labels.index(g) for g in examples.gold])

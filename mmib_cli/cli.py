@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mmib_cli._version import __version__
-from mmib_cli.errors import ExitCode, MMIBError
+from mmib_cli.errors import ExitCode, MMIBError, UsageError
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
 from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
@@ -29,7 +29,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> N
     from mmib_cli.console import setup_logging
     from mmib_cli.offline import configure_network
 
-    ctx.obj = {"online": configure_network(online)}
+    ctx.obj = {"online": configure_network(online), "verbose": verbose}
     setup_logging(-1 if quiet else verbose)
 
 
@@ -39,13 +39,24 @@ def _fail(exc: MMIBError) -> None:
 
 
 def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function; MMIBErrors become `Error: ...` on stderr plus their exit code."""
+    """Call a library function at the CLI boundary.
+
+    A `UsageError` (a bad command-line value) becomes a click usage error (exit 2); another MMIBError becomes
+    `Error: ...` on stderr plus its exit code. Anything else is a bug: its traceback with `-v`, else one
+    `Error:` line naming it (exit 1).
+    """
     try:
         return func(*args, **kwargs)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     except MMIBError as exc:
         _fail(exc)
-    except ValueError as exc:  # bad option values found by the library (device, shard, ...)
-        raise click.UsageError(str(exc)) from exc
+    except Exception as exc:
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
+            raise
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(int(ExitCode.FATAL))
 
 
 @cli.command()
@@ -112,8 +123,8 @@ def annotate(obj: dict, input_path: str, **options: Any) -> None:
 @pipeline_options
 @click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "
               "(entities from the input, or found by NER when absent).")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Drop relations scored below this.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Drop relations scored below this (default: the model's relation_min_score, else 0).")
 @click.option("--keep-none", is_flag=True, help="Keep pairs classified as None.")
 @click.option("--type-constraints/--no-type-constraints", default=True, show_default=True,
               help="Allow only relations whose MNRE signature fits the entity types (/per/org/... for PER→ORG).")
@@ -127,20 +138,21 @@ def relations(obj: dict, input_path: str, **options: Any) -> None:
 
 
 def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
-    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
-    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+    from mmib_cli.distributed import RayOptions
+    from mmib_cli.runs import RunOptions, execute
 
-    ray_options = _run(RayOptions.from_cli, options)  # pops --engine/--address/...; None for --engine local
-    build = PipelineOptions.from_cli if ray_options is None else ray_pipeline_options
-    opts = _run(build, task=task, input_path=input_path, online=obj.get("online"), **options)
-    summary = _run(run_pipeline, opts) if ray_options is None else _run(run_ray, opts, ray_options)
+    ray_options = _run(RayOptions.from_cli, options)  # pops --address/...; None unless --engine ray
+    opts = _run(RunOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
+    summary = _run(execute, opts, ray_options)
     sys.exit(int(summary.exit_code))
 
 
 @cli.command()
 @click.argument("task", type=choice(ModelTask))
 @click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
-@click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
+@click.option("--valid", "valid_files", multiple=True,
+              help="Validation file(s) for model selection (with a Label Studio export: the benchmark scored before "
+                   "and after).")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--text-encoder", default="minilm-l6", show_default=True,
               help="minilm-l6, a local HF directory or a hub id.")
@@ -171,17 +183,33 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
                    "their label.")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
               help="DataLoader worker processes (image decoding).")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="(Label Studio export) Fraction of the reviewed posts held out to score before/after and to "
+                   "select the epoch on (seeded by --seed).")
+@click.option("--use-predictions", is_flag=True,
+              help="(Label Studio export) Also train on the predictions of tasks nobody annotated.")
 @device_options
 @click.pass_obj
-def train(obj: dict, task: str, **options: Any) -> None:
+def train(obj: dict, task: str, holdout: float, use_predictions: bool, **options: Any) -> None:
     """Train an MMIB checkpoint for NER or RE, selecting the best epoch on the valid split.
 
-    Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17
+    A --train file that is a Label Studio JSON export (see mmib export) fine-tunes the --init checkpoint on the
+    reviewed corrections and reports scores before and after.
+
+    Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17;
+    mmib train ner --init mmib-default --train export.json --valid t17/valid.txt -o ckpt/corrected
     """
+    from mmib_cli.finetune import finetune, wants_finetune
     from mmib_cli.train import TrainOptions, train as run_training
 
     opts = _run(TrainOptions.from_cli, task=task, **options)
-    result = _run(run_training, opts)
+    if wants_finetune(opts.train_files):
+        result = _run(finetune, opts, holdout=holdout, use_predictions=use_predictions)
+    elif not opts.valid_files:
+        raise click.UsageError("--valid is required (it selects the epoch), except when training on a Label Studio "
+                               "export")
+    else:
+        result = _run(run_training, opts)
     click.echo(json.dumps(result.summary(), indent=2))
 
 
@@ -191,24 +219,25 @@ def train(obj: dict, task: str, **options: Any) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing --output-json file.")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Examples per forward pass.")
 @device_options
 @click.pass_obj
 def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, output_json: str | None,
-             batch_size: int, device: str, dtype: str) -> None:
+             force: bool, batch_size: int, device: str, dtype: str) -> None:
     """Score a checkpoint on a labelled file: entity P/R/F1 (NER) or micro P/R/F1 without None (RE).
 
     Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
     """
-    from mmib_cli.evaluate import evaluate_file, render_metrics
+    from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
+    _run(check_metrics_output, output_json, force=force)
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
                    device=device, dtype=dtype, online=obj.get("online"))
-    render_metrics(metrics)
+    click.echo(render_metrics(metrics))
     if output_json:
-        with open(output_json, "w", encoding="utf-8") as fh:
-            json.dump(metrics, fh, indent=2)
+        _run(write_metrics, metrics, output_json)
 
 
 @cli.command()
@@ -296,8 +325,19 @@ def export(obj: dict, input_path: str | None, format_: str, output: str | None, 
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mmib")
+    """Console-script entry point.
+
+    SIGINT/SIGTERM end any command quietly with exit code 130/143, start-up (imports, model loading) included; a
+    second signal ends the process at once.
+    """
+    from mmib_cli.signals import Interrupted, install
+
+    install()
+    try:
+        cli(prog_name="mmib")
+    except Interrupted as exc:
+        logger.warning("interrupted by %s", exc)
+        sys.exit(128 + exc.signum)
 
 
 __all__ = ["cli", "main", "DEFAULT_MODEL", "ExitCode"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from mmib_cli.choices import DEFAULT_DEVICE, DType
+from mmib_cli.errors import UsageError
 
 _TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
 
@@ -12,7 +13,7 @@ def resolve_device(spec: str = DEFAULT_DEVICE) -> torch.device:
     """Turn `auto|cpu|cuda|cuda:N|mps` into a torch device; `auto` prefers CUDA, then MPS, then CPU.
 
     Raises:
-        ValueError: the device is unknown or not available on this machine.
+        UsageError: the device is unknown or not available on this machine.
     """
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
@@ -25,16 +26,16 @@ def resolve_device(spec: str = DEFAULT_DEVICE) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
+            raise UsageError(f"device {spec!r} requested but CUDA is not available (try --device cpu)")
         device = torch.device(spec)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise UsageError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device
     if spec == "mps":
         if not _mps_available():
-            raise ValueError("device 'mps' requested but MPS is not available (try --device cpu)")
+            raise UsageError("device 'mps' requested but MPS is not available (try --device cpu)")
         return torch.device("mps")
-    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    raise UsageError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def resolve_dtype(spec: str | DType, device: torch.device) -> torch.dtype:

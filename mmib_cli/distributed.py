@@ -9,38 +9,40 @@ Ray Data stages:
 2. annotate: `RayAnnotator` actors (model loaded once per actor, optionally a GPU each) run the local pipeline's
    `prepare` + `Annotator.process` on each batch and return `{"line": int, "record": output line bytes}`;
 3. write: tasks write `OUTPUT_DIR/part-<first line>.jsonl` shards (each sorted by line, bytes exactly as
-   `mmib_cli.io.jsonl.dumps_line`), through a temporary name so a shard with its final name is complete, and
+   `mmib_cli.io.writer.encode_record`), through a temporary name so a shard with its final name is complete, and
    return their counts, which add up to the same `RunSummary` as the local pipeline.
 
 The union of the shards is the local pipeline's output (sort by `line` to get input order).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import signal
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Command, DType,
-                              Engine, Mode)
-from mmib_cli.errors import ExitCode, MMIBError, OutputExists
-from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
+from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
+from mmib_cli.errors import MMIBError, OutputExists, UsageError
+from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, read_lines
+from mmib_cli.io.lock import OutputLock
+from mmib_cli.io.writer import OutputWriteError, encode_record
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, marker_from_json
-
-if TYPE_CHECKING:  # the pipeline imports torch: the reader and writer tasks do without it
-    from mmib_cli.pipeline import PipelineOptions, RunSummary
+from mmib_cli.runs import RunOptions, RunSummary, is_uri
+from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "RayAnnotator", "RayOptions", "ray_pipeline_options", "run_ray"]
+__all__ = ["ENGINES", "RayAnnotator", "RayOptions", "run_ray"]
 
 ENGINES = tuple(Engine.values())
 """Values of `--engine` (kept for callers of 0.1; the enum is `mmib_cli.choices.Engine`)."""
@@ -70,63 +72,31 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+            raise UsageError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.gpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+            raise UsageError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.rows_per_file < 1:
-            raise ValueError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
+            raise UsageError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
 
     @classmethod
-    def from_cli(cls, options: dict[str, Any]) -> "RayOptions | None":
-        """Pop `engine`, `address`, `concurrency`, `gpus_per_worker` from CLI options.
+    def from_cli(cls, options: dict[str, Any]) -> RayOptions | None:
+        """Pop `address`, `concurrency`, `gpus_per_worker` from CLI options (`engine` stays).
 
         Returns:
-            RayOptions for `--engine ray`, None for `--engine local`.
+            RayOptions for `--engine ray`, None for another engine.
 
         Raises:
-            ValueError: a Ray option was given without `--engine ray`, or a value is out of range.
+            UsageError: a Ray option was given without `--engine ray`, or a value is out of range.
         """
-        engine = Engine.parse(options.pop("engine", None) or Engine.LOCAL, what="--engine")
+        engine = Engine.parse(options.get("engine") or Engine.LOCAL, what="--engine")
         values = {key: options.pop(key, None) for key in ("address", "concurrency", "gpus_per_worker")}
-        if engine is Engine.LOCAL:
+        if engine is not Engine.RAY:
             given = [f"--{key.replace('_', '-')}" for key, value in values.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)}: only with --engine ray")
+                raise UsageError(f"{', '.join(given)}: only with --engine ray")
             return None
         return cls(address=values["address"], concurrency=values["concurrency"],
                    gpus_per_worker=float(values["gpus_per_worker"] or 0.0))
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def ray_pipeline_options(**options: Any) -> PipelineOptions:
-    """`PipelineOptions` for the Ray engine: like `PipelineOptions.from_cli`, but INPUT may be a URI (`s3://...`)
-    and `-o` names an output directory (or URI); local paths are made absolute so that every worker sees the same.
-
-    Raises:
-        ValueError: stdin/stdout, `--resume`, a missing local input file, or a bad `--shard`.
-    """
-    from mmib_cli.pipeline import PipelineOptions, parse_shard
-
-    shard = options.pop("shard", None)
-    input_path, output = str(options["input_path"]), str(options["output"])
-    if input_path == "-" or output == "-":
-        raise ValueError("--engine ray reads a file and writes a directory of shards: stdin/stdout (-) are not "
-                         "supported")
-    if options.get("resume"):
-        raise ValueError("--resume is not supported with --engine ray; rerun with --force (finished shards are "
-                         "rewritten)")
-    if not _is_uri(input_path):
-        if not Path(input_path).is_file():
-            raise ValueError(f"input {input_path} does not exist or is not a file")
-        options["input_path"] = str(Path(input_path).resolve())
-    if not _is_uri(output):
-        options["output"] = str(Path(output).resolve())
-    if options.get("image_root") and not _is_uri(str(options["image_root"])):
-        options["image_root"] = str(Path(options["image_root"]).resolve())
-    return PipelineOptions(shard=parse_shard(shard) if shard else None, **options)
 
 
 # -- the annotate stage ---------------------------------------------------------------------------------------
@@ -178,7 +148,7 @@ class RayAnnotator:
                  for line, record, error in zip(batch["line"], batch["record"], batch["error"])]
         records = self.annotator.process(chunk, self.mode, self.relation_settings)
         return {"line": np.array([int(r["line"]) for r in records], dtype=np.int64),
-                "record": np.array([dumps_line(r) for r in records], dtype=object)}
+                "record": np.array([encode_record(r)[0] for r in records], dtype=object)}
 
 
 def encode_line(line: int, value: dict[str, Any] | ErrorRecord | SkippedRecord) -> dict[str, Any]:
@@ -198,17 +168,12 @@ def decode_line(record: str, error: str) -> dict[str, Any] | ErrorRecord | Skipp
     return json.loads(record)
 
 
-def _line_blocks(stream: io.BufferedIOBase, *, limit: int | None, shard: tuple[int, int] | None,
-                 block_lines: int = _READ_BLOCK_LINES) -> Iterator[Any]:
-    """Yield pyarrow tables of `encode_line` rows for the lines the local pipeline would annotate."""
+def _line_blocks(stream: io.BufferedIOBase, opts: RunOptions, block_lines: int = _READ_BLOCK_LINES) -> Iterator[Any]:
+    """Yield pyarrow tables of `encode_line` rows for the lines the run selects (`RunOptions.select`, as locally)."""
     import pyarrow as pa
 
     rows: list[dict[str, Any]] = []
-    for line, value in read_lines(stream, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
-        if limit is not None and line > limit:
-            break
-        if shard and (line - 1) % shard[1] != shard[0] - 1:
-            continue
+    for line, value in opts.select(read_lines(stream, max_line_bytes=DEFAULT_MAX_LINE_BYTES)):
         rows.append(encode_line(line, value))
         if len(rows) >= block_lines:
             yield pa.Table.from_pylist(rows, schema=_read_schema())
@@ -224,19 +189,19 @@ def _read_schema() -> Any:
     return pa.schema([("line", pa.int64()), ("record", pa.large_string()), ("error", pa.large_string())])
 
 
-def _jsonl_datasource(path: str, *, limit: int | None, shard: tuple[int, int] | None) -> Any:
+def _jsonl_datasource(opts: RunOptions) -> Any:
     """A Ray datasource streaming one JSONL file (compression inferred from the name) as `encode_line` rows."""
     from ray.data.datasource import FileBasedDatasource
 
     class JSONLLinesDatasource(FileBasedDatasource):  # defined here so ray is imported lazily
-        def __init__(self, paths: str, **kwargs: Any) -> None:
+        def __init__(self, paths: str, opts: RunOptions) -> None:
             super().__init__(paths)
-            self._mmib_read_options = kwargs
+            self._mmib_opts = opts
 
         def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
-            yield from _line_blocks(io.BufferedReader(f, 1 << 20), **self._mmib_read_options)
+            yield from _line_blocks(io.BufferedReader(f, 1 << 20), self._mmib_opts)
 
-    return JSONLLinesDatasource(path, limit=limit, shard=shard)
+    return JSONLLinesDatasource(opts.input_path, opts)
 
 
 # -- the write stage ------------------------------------------------------------------------------------------
@@ -244,7 +209,7 @@ def _filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path) of a local path or a URI."""
     from pyarrow import fs as pafs
 
-    if _is_uri(location):
+    if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
@@ -254,36 +219,23 @@ def _write_shard(batch: Mapping[str, np.ndarray], *, output: str) -> dict[str, n
     lines, records = batch["line"], batch["record"]
     if len(lines) == 0:
         return {"file": np.array([], dtype=object), "summary": np.array([], dtype=object)}
-    counts = {key: 0 for key in _COUNTS} | {"error_types": {}}
+    summary = RunSummary()
     order = np.argsort(lines, kind="stable")
     name = f"{SHARD_PREFIX}{int(lines[order[0]]):012d}{SHARD_SUFFIX}"
     fs, root = _filesystem(output)
     temporary = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(temporary) as out:
-        for i in order:
-            data = bytes(records[i])
-            out.write(data)
-            _tally(counts, json.loads(data))
-    fs.move(temporary, f"{root}/{name}")  # a retried task rewrites the same name
-    return {"file": np.array([name], dtype=object), "summary": np.array([json.dumps(counts)], dtype=object)}
-
-
-_COUNTS = ("posts", "annotated", "entities", "relations", "errors", "skipped")
-
-
-def _tally(counts: dict[str, Any], record: Mapping[str, Any]) -> None:
-    """Count one output record like `mmib_cli.pipeline._count` (kept torch-free for the writer tasks)."""
-    counts["posts"] += 1
-    if "error" in record:
-        counts["errors"] += 1
-        kind = record["error"].get("type", "Error")
-        counts["error_types"][kind] = counts["error_types"].get(kind, 0) + 1
-    elif "skipped" in record:
-        counts["skipped"] += 1
-    else:
-        counts["annotated"] += 1
-        counts["entities"] += len(record.get("entities", []))
-        counts["relations"] += len(record.get("relations", []) or [])
+    try:
+        with fs.open_output_stream(temporary) as out:
+            for i in order:
+                data = bytes(records[i])
+                out.write(data)
+                summary.count(json.loads(data))
+        fs.move(temporary, f"{root}/{name}")  # a retried task rewrites the same name
+    except OSError as exc:  # a full disk, a lost mount: one clear line on the driver, no half shard left behind
+        with contextlib.suppress(OSError):
+            fs.delete_file(temporary)
+        raise OutputWriteError(f"cannot write shard {root}/{name}: {exc.strerror or exc}") from exc
+    return {"file": np.array([name], dtype=object), "summary": np.array([json.dumps(summary.counts())], dtype=object)}
 
 
 def _prepare_output_dir(output: str, *, force: bool) -> None:
@@ -321,18 +273,11 @@ def _import_ray() -> Any:
     return ray
 
 
-def _absolute(opts: PipelineOptions) -> PipelineOptions:
-    """The options with local input/output/image-root paths made absolute (workers may have another cwd)."""
-    changes = {key: str(Path(value).resolve()) for key in ("input_path", "output", "image_root")
-               if (value := getattr(opts, key)) and value != "-" and not _is_uri(value)}
-    return replace(opts, **changes)
-
-
 def _check_input(input_path: str) -> None:
     """Fail early when INPUT is not one readable file (a local path or a URI).
 
     Raises:
-        ValueError: INPUT does not exist or is a directory. MMIBError: its filesystem cannot be reached.
+        UsageError: INPUT does not exist or is a directory. MMIBError: its filesystem cannot be reached.
     """
     from pyarrow import fs as pafs
 
@@ -342,10 +287,10 @@ def _check_input(input_path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any filesystem/credential problem
         raise MMIBError(f"cannot read input {input_path}: {exc}") from exc
     if info.type != pafs.FileType.File:
-        raise ValueError(f"input {input_path} does not exist or is not a file")
+        raise UsageError(f"input {input_path} does not exist or is not a file")
 
 
-def _check_model(opts: PipelineOptions) -> str:
+def _check_model(opts: RunOptions) -> str:
     """Resolve the model on the driver and check it has the parts the command needs; return its label.
 
     Raises:
@@ -353,13 +298,10 @@ def _check_model(opts: PipelineOptions) -> str:
     """
     from mmib_cli.checkpoint.resolve import resolve_model
     from mmib_cli.checkpoint.serialization import read_bundle, read_config
-    from mmib_cli.pipeline import _check_tasks
 
     resolved = resolve_model(opts.model, online=opts.online)
     parts = read_bundle(resolved.path) or {"single": resolved.path}
-    tasks = {read_config(path).get("task") for path in parts.values()}
-    _check_tasks(SimpleNamespace(ner=True if "ner" in tasks else None, re=True if "re" in tasks else None,
-                                 model_label=resolved.label), opts)  # type: ignore[arg-type]
+    opts.check_tasks({read_config(path).get("task") for path in parts.values()}, resolved.label)
     return resolved.label
 
 
@@ -390,7 +332,7 @@ def _actor_pool(ray: Any, ray_options: RayOptions) -> Any:
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
-def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> RunSummary:
+def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSummary:
     """Annotate `opts.input_path` on Ray Data into JSONL shards in the directory `opts.output`.
 
     Output records, error records and summary counts are those of `run_pipeline` on the same input; a shard named
@@ -398,8 +340,7 @@ def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> Run
     `ray_options.address` (starting a local one when None, shut down at the end).
 
     Args:
-        opts: pipeline options (`ray_pipeline_options` builds them from CLI values); `resume`, `num_workers` and
-            stdin/stdout do not apply.
+        opts: the run options (`RunOptions.from_cli`); `num_workers` does not apply.
         ray_options: cluster address, actor count, GPUs per actor.
 
     Returns:
@@ -408,15 +349,31 @@ def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> Run
     Raises:
         MMIBError: Ray is not installed, the model cannot be resolved or lacks a needed part, the output directory
             is not empty without `force` (exit 2), or the run failed on the cluster because of one of these.
-        ValueError: stdin/stdout or `--resume`, or a URI input that is not a file.
+        UsageError: stdin/stdout or `--resume`, or an input that is not a file.
     """
-    from mmib_cli.pipeline import RunSummary
-
     ray_options = ray_options or RayOptions()
-    if opts.input_path == "-" or opts.output == "-" or opts.resume:
-        raise ValueError("--engine ray needs an input file and an output directory (no -, no --resume)")
     start = time.perf_counter()
-    opts = _absolute(opts)
+    opts = replace(opts, engine=Engine.RAY).check()
+    summary = RunSummary()
+    with interruptible(), _output_lock(opts.output):
+        try:
+            _run(opts, ray_options, summary)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            summary.interrupted(getattr(exc, "signum", signal.SIGINT))
+            logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
+                           opts.output)
+    return summary.finish(time.perf_counter() - start)
+
+
+def _output_lock(output: str) -> Any:
+    """The exclusive lock of a local output directory (`OUTPUT_DIR.lock`); none for a URI."""
+    if is_uri(output):
+        return nullcontext()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    return OutputLock(Path(output))
+
+
+def _run(opts: RunOptions, ray_options: RayOptions, summary: RunSummary) -> None:
     ray = _import_ray()
     label = _check_model(opts)
     _check_input(opts.input_path)
@@ -429,18 +386,13 @@ def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> Run
         if ray_options.address is None:
             init_args["include_dashboard"] = False
         ray.init(**init_args)
-    summary = RunSummary()
     try:
         dataset = _build_dataset(ray, opts, ray_options)
         logger.info("annotating %s with %s on Ray (%s actors, %g GPU each) into %s", opts.input_path, label,
                     ray_options.concurrency or "autoscaled", ray_options.gpus_per_worker, opts.output)
         try:
             for row in dataset.iter_rows():
-                _merge(summary, json.loads(row["summary"]))
-        except KeyboardInterrupt:
-            summary.exit_code = ExitCode.INTERRUPTED
-            logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
-                           opts.output)
+                summary.merge(json.loads(row["summary"]))
         except Exception as exc:
             cause = _find_mmib_error(exc)
             if cause is not None:
@@ -449,45 +401,23 @@ def run_ray(opts: PipelineOptions, ray_options: RayOptions | None = None) -> Run
     finally:
         if started:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - start
-    if summary.exit_code == ExitCode.OK and summary.errors:
-        summary.exit_code = ExitCode.PARTIAL
-    logger.info("%s", summary.line())
-    if summary.error_types:
-        logger.warning("error records by type: %s",
-                       ", ".join(f"{k}={v}" for k, v in sorted(summary.error_types.items())))
-    return summary
 
 
-def _build_dataset(ray: Any, opts: PipelineOptions, ray_options: RayOptions) -> Any:
+def _build_dataset(ray: Any, opts: RunOptions, ray_options: RayOptions) -> Any:
     """read → annotate (actors) → write shards; rows of the result are per-shard counts."""
-    from mmib_cli.annotate import RelationSettings
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(opts.progress)
-    mode = opts.mode
-    relation_settings = RelationSettings(pair=opts.pair or opts.task is Command.ANNOTATE, min_score=opts.min_score,
-                                         keep_none=opts.keep_none, type_constraints=opts.type_constraints)
-    base_dir = Path.cwd() if _is_uri(opts.input_path) else Path(opts.input_path).parent  # as the local pipeline
-    prepare_settings = {"id_field": opts.id_field, "text_field": opts.text_field, "image_field": opts.image_field,
-                        "base_dir": base_dir, "on_missing_image": opts.on_missing_image,
-                        "image_root": Path(opts.image_root) if opts.image_root else None}
     gpus = ray_options.gpus_per_worker
     device = "cpu" if opts.device == "auto" and gpus == 0 else opts.device
-    dataset = ray.data.read_datasource(_jsonl_datasource(opts.input_path, limit=opts.limit, shard=opts.shard))
+    dataset = ray.data.read_datasource(_jsonl_datasource(opts))
     annotated = dataset.map_batches(
         RayAnnotator,
-        fn_constructor_kwargs={"model": opts.model, "mode": mode, "relation_settings": asdict(relation_settings),
-                               "prepare_settings": prepare_settings, "device": device, "dtype": opts.dtype,
+        fn_constructor_kwargs={"model": opts.model, "mode": str(opts.mode),
+                               "relation_settings": asdict(opts.relation_settings),
+                               "prepare_settings": opts.prepare_fields(), "device": device, "dtype": opts.dtype,
                                "online": opts.online, "batch_size": opts.batch_size, "max_tokens": opts.max_tokens},
-        batch_size=opts.chunk_size or 4 * opts.batch_size, batch_format="numpy",
+        batch_size=opts.chunk_rule.size, batch_format="numpy",
         compute=_actor_pool(ray, ray_options), num_gpus=gpus or None)
     return annotated.map_batches(_write_shard, fn_kwargs={"output": opts.output},
                                  batch_size=ray_options.rows_per_file, batch_format="numpy")
 
-
-def _merge(summary: RunSummary, counts: Mapping[str, Any]) -> None:
-    for key in _COUNTS:
-        setattr(summary, key, getattr(summary, key) + int(counts[key]))
-    for kind, n in counts["error_types"].items():
-        summary.error_types[kind] = summary.error_types.get(kind, 0) + int(n)

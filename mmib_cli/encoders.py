@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable
+from mmib_cli.checkpoint.verify import sha256_file
+from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +62,17 @@ def parse_image_encoder(value: str) -> dict[str, Any]:
     """`efficientnet-lite0`, `resnet50[:WEIGHTS_FILE]`, `tiny-cnn` or `none` → an image-encoder spec."""
     name, _, weights = value.partition(":")
     if name not in IMAGE_ENCODER_ALIASES:
-        raise ValueError(f"unknown image encoder {value!r}: use efficientnet-lite0, resnet50[:FILE], tiny-cnn or none")
+        raise UsageError(f"unknown image encoder {value!r}: use efficientnet-lite0, resnet50[:FILE], tiny-cnn or none")
     spec = dict(IMAGE_ENCODER_ALIASES[name])
     if name == "resnet50" and weights:
         spec["weights"] = str(Path(weights).expanduser().resolve())
     return spec
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, expected: str, what: str) -> Path:
     if not path.is_file():
         raise EncoderUnavailable(f"{what}: weights file {path} is missing; reinstall it: pip install --force-reinstall mmib")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatch(f"{what}: sha256 of {path} is {actual}, expected {expected}; reinstall the package")
     return path

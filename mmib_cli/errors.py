@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     PARTIAL = 3
     INTERRUPTED = 130  # SIGINT
+    BROKEN_PIPE = 141  # stdout's reader went away (SIGPIPE)
     TERMINATED = 143  # SIGTERM
 
 
@@ -19,6 +20,15 @@ class MMIBError(Exception):
     """Base class of every error mmib raises on purpose; carries the exit code the CLI uses."""
 
     exit_code: ExitCode = ExitCode.FATAL
+
+
+class UsageError(MMIBError, ValueError):
+    """A command-line value is wrong (exit 2): the CLI reports it as a click usage error with the help hint.
+
+    Only values the user typed raise this; any other `ValueError` is a bug or a data problem, never a usage error.
+    """
+
+    exit_code = ExitCode.USAGE
 
 
 class CheckpointNotFound(MMIBError):

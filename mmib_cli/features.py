@@ -85,6 +85,12 @@ class Featurizer:
         shape = word_shape(word[prefix:] if prefix else word)
         return prefix, [SYMBOL_SHAPE] * prefix + [shape] * (len(pieces) - prefix)
 
+    @classmethod
+    def from_config(cls, tokenizer: Any, config: Any) -> "Featurizer":
+        """The featurizer an `MMIBConfig` asks for (its `max_length`, `stride`, `entity_markers`, `hashtag_words`)."""
+        return cls(tokenizer, max_length=config.max_length, stride=config.stride, markers=config.entity_markers,
+                   hashtag_words=getattr(config, "hashtag_words", False))
+
     # -- pieces ---------------------------------------------------------------------------------------------
     def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Sub-word ids of every word (at least one piece per word: `[UNK]` when the tokenizer yields none)."""

@@ -18,6 +18,7 @@ from mmib_cli.console import Progress
 from mmib_cli.data.datasets import Examples, WindowDataset, make_collate, read_examples
 from mmib_cli.device import resolve_device, resolve_dtype
 from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
+from mmib_cli.errors import UsageError
 from mmib_cli.evaluate import score_examples
 from mmib_cli.features import Featurizer
 
@@ -68,7 +69,7 @@ class TrainOptions:
         for item in config_overrides:
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+                raise UsageError(f"--config expects KEY=VALUE, got {item!r}")
             try:
                 overrides[key.strip()] = json.loads(value)
             except json.JSONDecodeError:
@@ -121,7 +122,10 @@ def make_config(opts: TrainOptions, *, images_found: bool):
                                   use_image=info is not None, trained_with_images=bool(images_found and info),
                                   text_encoder=text_spec, image_encoder=image_spec, hashtag_words=True)
     values.update(opts.config)
-    return MMIBConfig(**values)
+    try:
+        return MMIBConfig(**values)
+    except (TypeError, ValueError) as exc:  # an unknown key or an impossible value given with --config
+        raise UsageError(f"--config {' '.join(f'{k}={v}' for k, v in opts.config.items())}: {exc}") from exc
 
 
 def _optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
@@ -186,7 +190,7 @@ def _starting_model(opts: TrainOptions, resuming: bool) -> LoadedModel:
     else:
         image_spec = parse_image_encoder(opts.image_encoder)
         if opts.images and not Path(opts.images).is_dir():
-            raise ValueError(f"--images {opts.images}: no such directory")
+            raise UsageError(f"--images {opts.images}: no such directory")
         images_found = bool(opts.images and any(Path(opts.images).iterdir()))
         config = make_config(opts, images_found=images_found and image_spec["source"] != "none")
         loaded = build_model(config, load_image_backbone=config.trained_with_images)
@@ -207,7 +211,7 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
         The model with its trainable parameters (adapters, heads, MMIB layers) as stored, ready for training.
 
     Raises:
-        ValueError: the checkpoint has no `task` part, is a checkpoint of the other task, or an override
+        UsageError: the checkpoint has no `task` part, is a checkpoint of the other task, or an override
             touches the architecture.
     """
     from mmib_cli.checkpoint.resolve import resolve_model
@@ -217,22 +221,20 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
     bundle = read_bundle(directory)
     if bundle is not None:
         if task not in bundle:
-            raise ValueError(f"--init {spec}: the bundle has no {task} part (it has {', '.join(sorted(bundle))})")
+            raise UsageError(f"--init {spec}: the bundle has no {task} part (it has {', '.join(sorted(bundle))})")
         directory = bundle[task]
     found = read_config(directory).get("task")
     if found != task:
-        raise ValueError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
+        raise UsageError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
     fixed = sorted(set(overrides or {}) - INIT_OVERRIDES)
     if fixed:
-        raise ValueError(f"--config {', '.join(fixed)}: a model started with --init keeps its checkpoint's "
+        raise UsageError(f"--config {', '.join(fixed)}: a model started with --init keeps its checkpoint's "
                          f"architecture; only {', '.join(sorted(INIT_OVERRIDES))} may change")
     loaded = load_model(directory, device="cpu", for_inference=False)
     if overrides:
         config = type(loaded.model.config).from_dict({**loaded.model.config.to_dict(), **overrides})  # validated
         loaded.model.config = config
-        loaded.featurizer = Featurizer(loaded.featurizer.tokenizer, max_length=config.max_length,
-                                       stride=config.stride, markers=config.entity_markers,
-                                       hashtag_words=config.hashtag_words)
+        loaded.featurizer = Featurizer.from_config(loaded.featurizer.tokenizer, config)
     return loaded
 
 

@@ -13,7 +13,8 @@ import pytest
 from cli_helpers import invoke, one_torch_thread
 
 from mmib_cli.errors import ExitCode, OutputExists
-from mmib_cli.pipeline import PipelineOptions, RunSummary, run_pipeline
+from mmib_cli.pipeline import run_pipeline
+from mmib_cli.runs import RunOptions, RunSummary
 
 
 @pytest.fixture()
@@ -84,12 +85,11 @@ def test_annotator_stage_without_ray(posts_file, tiny_bundle, tmp_path):
     """The actor's code path (reader rows → RayAnnotator → writer counts) gives the local records, no Ray needed."""
     import numpy as np
 
-    from mmib_cli.distributed import RayAnnotator, _tally, encode_line
+    from mmib_cli.distributed import RayAnnotator, encode_line
     from mmib_cli.io.jsonl import read_lines
-    from mmib_cli.pipeline import _count
 
     local_out = tmp_path / "local.jsonl"
-    local = run_pipeline(PipelineOptions(task="annotate", input_path=str(posts_file), output=str(local_out),
+    local = run_pipeline(RunOptions(task="annotate", input_path=str(posts_file), output=str(local_out),
                                          model=str(tiny_bundle), num_workers=0, progress=False, online=False))
     rows = [encode_line(line, value) for line, value in read_lines(posts_file)]
     batch = {key: np.array([row[key] for row in rows], dtype=object) for key in ("line", "record", "error")}
@@ -98,14 +98,12 @@ def test_annotator_stage_without_ray(posts_file, tiny_bundle, tmp_path):
     out = annotator(batch)
     assert list(out["line"]) == [1, 2, 3, 4, 5, 6, 7, 8]  # the blank line 4 is a `skipped` record
     assert list(out["record"]) == local_out.read_bytes().splitlines(keepends=True)
-    counts = {key: 0 for key in ("posts", "annotated", "entities", "relations", "errors", "skipped")}
-    counts["error_types"] = {}
-    summary = RunSummary()
+    shard = RunSummary()  # what a shard writer counts and sends back
     for raw in out["record"]:
-        _tally(counts, json.loads(raw))
-        _count(summary, json.loads(raw))
-    assert counts == {key: getattr(summary, key) for key in counts}
-    assert counts["posts"] == local.posts and counts["error_types"] == local.error_types
+        shard.count(json.loads(raw))
+    merged = RunSummary()
+    merged.merge(json.loads(json.dumps(shard.counts())))
+    assert merged.counts() == {key: getattr(local, key) for key in merged.counts()}
 
 
 # -- with a local Ray instance --------------------------------------------------------------------------------
@@ -124,15 +122,15 @@ def ray_session():
 
 @pytest.mark.slow
 def test_ray_gives_the_local_records_and_summary(ray_session, tiny_bundle, posts_file, tmp_path):
-    from mmib_cli.distributed import RayOptions, ray_pipeline_options, run_ray
+    from mmib_cli.distributed import RayOptions, run_ray
 
     common = dict(task="annotate", input_path=str(posts_file), model=str(tiny_bundle), relations=True,
                   progress=False, online=False)
     local_out = tmp_path / "local.jsonl"
     with one_torch_thread():  # as a 1-CPU Ray actor (OMP_NUM_THREADS=1): same float reductions, same scores
-        local = run_pipeline(PipelineOptions(output=str(local_out), num_workers=0, **common))
+        local = run_pipeline(RunOptions(output=str(local_out), num_workers=0, **common))
     shards = tmp_path / "shards"
-    remote = run_ray(ray_pipeline_options(output=str(shards), **common), RayOptions(concurrency=1))
+    remote = run_ray(RunOptions(output=str(shards), engine="ray", **common), RayOptions(concurrency=1))
 
     expected = local_out.read_bytes().splitlines(keepends=True)
     assert [_line(r) for r in expected] == [1, 2, 3, 4, 5, 6, 7, 8]
@@ -147,4 +145,4 @@ def test_ray_gives_the_local_records_and_summary(ray_session, tiny_bundle, posts
     assert json.loads(expected[0])["image_used"] is True and "image_error" in json.loads(expected[1])
 
     with pytest.raises(OutputExists):  # a non-empty output directory needs --force
-        run_ray(ray_pipeline_options(output=str(shards), **common), RayOptions(concurrency=1))
+        run_ray(RunOptions(output=str(shards), engine="ray", **common), RayOptions(concurrency=1))

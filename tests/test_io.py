@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 
 from mmib_cli.errors import ExitCode, InputUnreadable, InvalidInput, MMIBError, OutputExists
-from mmib_cli.io.jsonl import AtomicJSONLWriter, dumps_line, is_stream_input, partial_path, read_lines
+from mmib_cli.io.jsonl import dumps_line, is_stream_input, read_lines
+from mmib_cli.io.writer import AtomicJSONLWriter, partial_path
 from mmib_cli.io.records import (
     ErrorRecord,
     InputError,
@@ -403,6 +404,15 @@ def test_dumps_line_escapes_lone_surrogates_and_rejects_nan():
         dumps_line({"score": float("nan")})
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), object()])
+def test_dumps_line_turns_an_unwritable_output_record_into_its_error_record(bad):
+    original = {"id": "p1", "line": 7, "entities": [{"score": bad}]}
+    line = dumps_line(original)
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+    assert record["id"] == "p1" and record["line"] == 7 and record["error"]["type"] == "UnserializableRecord"
+    assert original == record  # replaced in place: a run summary counts the error it wrote
+
+
 def test_writer_writes_partial_then_renames(tmp_path):
     out = tmp_path / "out.jsonl"
     with AtomicJSONLWriter(out) as writer:
@@ -424,26 +434,20 @@ def test_writer_empty_run_creates_empty_output(tmp_path):
     assert out.read_bytes() == b""
 
 
-def test_writer_makes_one_write_call_per_record(tmp_path):
+def test_writer_pushes_only_whole_lines(tmp_path, monkeypatch):
+    import mmib_cli.io.writer as writer_module
+
     calls: list[bytes] = []
+    real = writer_module._write_all
+    monkeypatch.setattr(writer_module, "_write_all", lambda fd, data: (calls.append(bytes(data)), real(fd, data)))
     writer = AtomicJSONLWriter(tmp_path / "out.jsonl").open()
-
-    class Recorder:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def write(self, data):
-            calls.append(bytes(data))
-            return self.inner.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    writer._file = Recorder(writer._file)
     writer.write({"line": 1, "text": "x" * 100_000})
     writer.write({"line": 2, "text": "y"})
+    writer.flush()
+    writer.write({"line": 3, "text": "z"})
     writer.close()
-    assert len(calls) == 2 and all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in calls)
+    assert len(calls) == 2 and all(c.endswith(b"\n") for c in calls)
+    assert [c.count(b"\n") for c in calls] == [2, 1]
 
 
 def test_writer_refuses_existing_output(tmp_path):

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import UNICODE_TEXT, invoke, make_posts, parse_jsonl, read_out, write_jsonl
+from cli_helpers import UNICODE_TEXT, invoke, make_posts, parse_jsonl, read_out, subprocess_env, write_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- one run over every kind of bad input (each case asserted by its own test) ---------------------------------------
@@ -344,10 +343,11 @@ def test_output_is_byte_identical_and_ordered_with_any_workers(workers, order_in
 
 
 def test_chunk_size_does_not_change_the_output(order_input, reference_output, tiny_text_only_ner, tmp_path):
-    from mmib_cli.pipeline import PipelineOptions, run_pipeline
+    from mmib_cli.pipeline import run_pipeline
+    from mmib_cli.runs import RunOptions
 
     out = tmp_path / "out.jsonl"
-    summary = run_pipeline(PipelineOptions(task="annotate", input_path=str(order_input), output=str(out),
+    summary = run_pipeline(RunOptions(task="annotate", input_path=str(order_input), output=str(out),
                                            model=str(tiny_text_only_ner), batch_size=3, chunk_size=3,
                                            num_workers=0, progress=False))
     assert int(summary.exit_code) == 3 and summary.posts == 40 and summary.errors == 2
@@ -355,18 +355,19 @@ def test_chunk_size_does_not_change_the_output(order_input, reference_output, ti
 
 
 def _chunk_sizes(path: Path, **kwargs) -> list[int]:
-    from mmib_cli.annotate import PrepareSettings
     from mmib_cli.pipeline import _ChunkSource
+    from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions
 
     settings = PrepareSettings(base_dir=path.parent, image_size=kwargs.pop("image_size", None))
-    return [len(c) for c in _ChunkSource(str(path), settings, limit=None, shard=None, done=frozenset(), **kwargs)]
+    opts = RunOptions(task="annotate", input_path=str(path), output="-")
+    return [len(c) for c in _ChunkSource(opts, settings, ChunkRule(**kwargs))]
 
 
 def test_default_chunks_start_small_and_double(tmp_path):
     """The first batch reaches the model after one batch of posts is prepared, later chunks sort longer windows."""
     src = write_jsonl(tmp_path / "in.jsonl", make_posts(80))
-    assert _chunk_sizes(src, chunk_size=32, first_chunk=2) == [2, 4, 8, 16, 32, 18]
-    assert _chunk_sizes(src, chunk_size=32) == [32, 32, 16]
+    assert _chunk_sizes(src, size=32, first=2) == [2, 4, 8, 16, 32, 18]
+    assert _chunk_sizes(src, size=32) == [32, 32, 16]
 
 
 def test_chunks_close_early_on_photos_only_when_the_model_reads_them(tmp_path):
@@ -374,8 +375,8 @@ def test_chunks_close_early_on_photos_only_when_the_model_reads_them(tmp_path):
     for i, row in enumerate(rows):
         row["image"] = "p.jpg" if i < 20 else None  # 20 posts with a photo, then 20 without
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    assert _chunk_sizes(src, chunk_size=16, max_images=6, image_size=32) == [6, 6, 6, 16, 6]
-    assert _chunk_sizes(src, chunk_size=16, max_images=6) == [16, 16, 8]  # text-only model: photos are not decoded
+    assert _chunk_sizes(src, size=16, max_images=6, image_size=32) == [6, 6, 6, 16, 6]
+    assert _chunk_sizes(src, size=16, max_images=6) == [16, 16, 8]  # text-only model: photos are not decoded
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -462,6 +463,8 @@ def test_model_without_the_needed_part_fails_before_writing(order_input, tiny_te
 # -- resume ----------------------------------------------------------------------------------------------------------
 def test_resume_repairs_a_cut_last_line(order_input, reference_output, tiny_text_only_ner, tmp_path):
     out = tmp_path / "out.jsonl"
+    assert invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0").exit_code == 3
+    out.unlink()  # keep out.jsonl.run.json: what the "interrupted" run was made from
     lines = reference_output.splitlines(keepends=True)
     cut = b"".join(lines[:13]) + lines[13][: len(lines[13]) // 2]  # a kill in the middle of line 14
     (tmp_path / "out.jsonl.partial").write_bytes(cut)
@@ -474,7 +477,8 @@ def test_resume_repairs_a_cut_last_line(order_input, reference_output, tiny_text
 
 def test_resume_of_a_finished_output_changes_nothing(order_input, reference_output, tiny_text_only_ner, tmp_path):
     out = tmp_path / "out.jsonl"
-    out.write_bytes(reference_output)
+    assert invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0").exit_code == 3
+    assert out.read_bytes() == reference_output
     result = invoke("annotate", order_input, "-o", out, "-m", tiny_text_only_ner, "--resume", "--num-workers", "0")
     assert result.exit_code == 0, result.output  # nothing left to do, no new error records
     assert out.read_bytes() == reference_output
@@ -484,12 +488,6 @@ def test_partial_left_over_needs_resume_or_force(order_input, tiny_text_only_ner
     (tmp_path / "out.jsonl.partial").write_text('{"id": 1, "line": 1}\n')
     result = invoke("annotate", order_input, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner)
     assert result.exit_code == 2 and "--resume" in result.stderr
-
-
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("MMIB_OFFLINE", None)
-    return env
 
 
 @pytest.mark.slow
@@ -503,7 +501,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_output(tiny_text_only_ner, 
     partial = tmp_path / "out.jsonl.partial"
     cmd = [sys.executable, "-m", "mmib_cli", "annotate", str(src), "-o", str(out), "-m", str(tiny_text_only_ner),
            "-b", "2", "--num-workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -563,3 +561,25 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
     assert rec["image_used"] is True and rec["image"] == "pics/b.jpg"
 
 
+
+
+def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text_only_ner, tmp_path, monkeypatch,
+                                                                       check):
+    """A NaN produced after reading (a broken model's score) never aborts the run nor reaches the output."""
+    import mmib_cli.annotate as annotate
+
+    make_output = annotate.make_output
+
+    def nan_score(post, **kwargs):
+        record = make_output(post, **kwargs)
+        if post.id == "broken":
+            record["score"] = float("nan")
+        return record
+
+    monkeypatch.setattr(annotate, "make_output", nan_score)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "text": "Obama"}, {"id": "broken", "text": "Obama"}])
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
+                    expect=3)
+    ok, broken = read_out(tmp_path / "out.jsonl", check)
+    assert "error" not in ok and broken["id"] == "broken" and broken["error"]["type"] == "UnserializableRecord"
+    assert "1 errors" in result.stderr  # the summary counts what was written

@@ -1,4 +1,4 @@
-"""Streaming JSONL input (line-numbered, bad lines become error records) and atomic, resumable JSONL output.
+"""Streaming JSONL input (line-numbered, bad lines become error records) and the encoding of output lines.
 
 Input may be gzip, bzip2 or xz compressed (recognised by its first bytes, whatever its name) and may be a pipe
 (stdin, a FIFO, ``<(zcat a.gz)``). Every physical line gives exactly one item, so one output line answers each
@@ -7,10 +7,8 @@ input line: a JSON object, or an error record (malformed JSON, not an object, to
 ``-Infinity``, and literals such as ``1e999`` that overflow a double) are read as ``null``, so output is always
 strict JSON.
 
-Output lines are compact JSON (``ensure_ascii=False``, keys in insertion order), one ``write`` of ``json + "\\n"``
-each, so an output file never holds half a record except after a hard kill, and that cut last line is repaired by
-``--resume``. Every output record carries ``"line"`` (the 1-based input line), which is how ``--resume`` knows which
-input lines are done.
+Output lines are compact JSON (``ensure_ascii=False``, keys in insertion order), one per record (``dumps_line``);
+the atomic, resumable, locked output file is `mmib_cli.io.writer.AtomicJSONLWriter`.
 """
 from __future__ import annotations
 
@@ -26,19 +24,19 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Union
+from typing import IO, Any, Union
 
 import jsonlines
 
-from mmib_cli.errors import InputUnreadable, MMIBError, OutputExists
-from mmib_cli.io.records import ErrorRecord, PostId, SkippedRecord
+from mmib_cli.errors import InputUnreadable
+from mmib_cli.io.records import ErrorRecord, SkippedRecord, post_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_LINE", "DEFAULT_MAX_LINE_BYTES", "MAX_NESTING", "AtomicJSONLWriter", "dumps_line",
-           "input_base_dir", "is_stream_input", "open_input", "partial_path", "read_lines"]
+__all__ = ["BLANK_LINE", "DEFAULT_MAX_LINE_BYTES", "MAX_NESTING", "dumps_line", "input_base_dir", "is_stream_input",
+           "open_input", "read_lines"]
 
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
 """Longest input line read into memory (bytes); longer lines become ``InvalidInput`` error records."""
@@ -290,254 +288,40 @@ def read_lines(
                 yield number, _parse(number, line, max_depth)
 
 
-def dumps_line(record: Mapping[str, Any] | ErrorRecord) -> bytes:
+def dumps_line(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> bytes:
     """Encode one record as a compact UTF-8 JSON line ending in ``\\n`` (deterministic, insertion key order).
 
-    Strings that cannot be encoded as UTF-8 (lone surrogates from ``\\ud800`` escapes in the input) are written
-    with ASCII escapes instead, so the line stays valid JSON.
+    The line is always strict JSON. Strings that cannot be encoded as UTF-8 (lone surrogates from ``\\ud800``
+    escapes in the input) are written with ASCII escapes instead. An output record (one with an integer ``line``)
+    that cannot be written as strict JSON (a NaN score from a broken model, a non-JSON value) is replaced by the
+    error record of its line, type ``UnserializableRecord``, so the run keeps one line per input line (a dict
+    ``record`` is replaced by that error record in place, so run summaries count what was written).
 
     Args:
-        record: a JSON-serialisable mapping or an ``ErrorRecord``.
+        record: a JSON-serialisable mapping, an ``ErrorRecord`` or a ``SkippedRecord``.
 
     Returns:
         The encoded line.
 
     Raises:
-        ValueError: the record holds NaN/Infinity. TypeError: it holds a non-JSON value.
+        ValueError: a record without an integer ``line`` holds NaN/Infinity. TypeError: it holds a non-JSON value.
     """
-    obj = record.to_json() if isinstance(record, ErrorRecord) else record
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    obj = record.to_json() if isinstance(record, (ErrorRecord, SkippedRecord)) else record
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        line = obj.get("line") if isinstance(obj, Mapping) else None
+        if not isinstance(line, int) or isinstance(line, bool):
+            raise
+        logger.warning("line %d: the output record is not strict JSON (%s: %s); writing an error record instead",
+                       line, type(exc).__name__, exc)
+        error = ErrorRecord(post_id(obj, line), line, "UnserializableRecord",
+                            f"line {line}: the annotation cannot be written as JSON ({type(exc).__name__}: {exc})")
+        if isinstance(obj, MutableMapping):  # so that whoever counts the records written counts an error
+            obj.clear()
+            obj.update(error.to_json())
+        return dumps_line(error)
     try:
         return (text + "\n").encode("utf-8")
     except UnicodeEncodeError:
         return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
-
-
-def partial_path(path: Path) -> Path:
-    """The in-progress file of an output: ``PATH.partial`` next to it."""
-    return path.with_name(path.name + ".partial")
-
-
-def _load_done(partial: Path) -> dict[int, PostId]:
-    """Read an existing output: repair (truncate) a cut last line, return ``{line: id}`` of the complete records.
-
-    Only a last line without its newline (a write cut by a kill) is dropped; the file is otherwise left unchanged.
-
-    Raises:
-        OutputExists: a complete line is not JSON or lacks an integer ``"line"`` (not mmib output).
-    """
-    done: dict[int, PostId] = {}
-    keep = 0  # byte length of the complete lines
-    with open(partial, "rb") as f:
-        for number, raw in enumerate(iter(f.readline, b""), start=1):
-            if not raw.endswith(b"\n"):
-                logger.warning("%s: dropping a cut last line (%d bytes) before resuming", partial, len(raw))
-                break
-            try:
-                obj = json.loads(raw)
-                line = obj["line"]
-                if not isinstance(line, int) or isinstance(line, bool):
-                    raise TypeError(f"'line' is {line!r}")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise OutputExists(
-                    f"cannot resume {partial}: its line {number} is not an mmib output record "
-                    f"({type(exc).__name__}: {exc}); pass --force to start over"
-                ) from exc
-            done[line] = obj.get("id", line)
-            keep = f.tell()
-    if keep != partial.stat().st_size:
-        with open(partial, "r+b") as f:
-            f.truncate(keep)
-    return done
-
-
-class AtomicJSONLWriter:
-    """Write JSONL output atomically: to ``PATH.partial``, renamed to ``PATH`` on a successful ``close()``.
-
-    Use as a context manager: a normal exit closes (renames), an exception (``KeyboardInterrupt`` included)
-    aborts, keeping the ``.partial`` of complete lines for ``--resume``. ``"-"`` writes to stdout directly.
-
-    Args:
-        path: output file, or ``"-"`` for stdout.
-        force: overwrite an existing output (the old file stays until the new one is complete).
-        resume: continue ``PATH.partial`` (or a finished ``PATH``): its cut last line is dropped, its records'
-            ``(line, id)`` pairs are in ``done_lines``, new records are appended.
-
-    Raises:
-        OutputExists: ``PATH`` or a non-empty ``PATH.partial`` exists and neither ``force`` nor ``resume`` is set,
-            or a resumed file is not mmib output.
-        ValueError: both ``force`` and ``resume``.
-    """
-
-    def __init__(self, path: Path | str, *, force: bool = False, resume: bool = False) -> None:
-        if force and resume:
-            raise ValueError("force and resume are mutually exclusive")
-        self.path: Path | None = None if str(path) == "-" else Path(path)
-        self._file: BinaryIO | None = None
-        self._closed = False
-        self._written = 0
-        self._done: dict[int, PostId] = {}
-        self._append = False
-        self._move_finished = False
-        if self.path is None:
-            if resume:
-                logger.warning("--resume has no effect when writing to stdout")
-            return
-        partial = partial_path(self.path)
-        if resume:
-            source = partial if partial.exists() else self.path if self.path.exists() else None
-            if source is not None:
-                self._done = _load_done(source)
-                self._append = True
-                self._move_finished = source == self.path  # moved to .partial only once writing starts
-                logger.info("resuming %s: %d records already written", source, len(self._done))
-            return
-        if force:
-            return
-        if self.path.exists():
-            raise OutputExists(
-                f"output {self.path} already exists: pass --force to overwrite it or --resume to continue it"
-            )
-        if partial.exists() and partial.stat().st_size > 0:
-            raise OutputExists(
-                f"{partial} is left from an interrupted run: pass --resume to continue it or --force to start over"
-            )
-
-    @property
-    def partial_path(self) -> Path | None:
-        """``PATH.partial`` (None for stdout)."""
-        return None if self.path is None else partial_path(self.path)
-
-    @property
-    def done_lines(self) -> frozenset[tuple[int, PostId]]:
-        """``(line, id)`` of every record already in the resumed output (empty unless ``resume``)."""
-        return frozenset(self._done.items())
-
-    def is_done(self, line: int, id: PostId | None = None) -> bool:
-        """Whether input ``line`` was already written by the resumed run.
-
-        Args:
-            line: 1-based input line number.
-            id: the record's id, checked against the one written, when given.
-
-        Returns:
-            True when the line can be skipped.
-
-        Raises:
-            OutputExists: the line was written for another id (the input changed since the interrupted run).
-        """
-        if line not in self._done:
-            return False
-        if id is not None and self._done[line] != id:
-            raise OutputExists(
-                f"cannot resume: input line {line} has id {id!r} but the partial output wrote id "
-                f"{self._done[line]!r} for it (the input changed); pass --force to start over"
-            )
-        return True
-
-    @property
-    def records_written(self) -> int:
-        """Number of records written by this writer (not counting resumed ones)."""
-        return self._written
-
-    def open(self) -> AtomicJSONLWriter:
-        """Open the output (done by ``__enter__`` or the first ``write``).
-
-        Raises:
-            MMIBError: the output cannot be created.
-        """
-        if self._closed:
-            raise ValueError("writer is closed")
-        if self._file is not None:
-            return self
-        if self.path is None:
-            self._file = getattr(sys.stdout, "buffer", None) or _TextToBinary(sys.stdout)
-            return self
-        target = partial_path(self.path)
-        try:
-            if self._move_finished:
-                os.replace(self.path, target)
-                self._move_finished = False
-            self._file = open(target, "ab" if self._append else "wb")  # noqa: SIM115 - closed in close()/abort()
-        except OSError as exc:
-            raise MMIBError(f"cannot write output {target}: {exc.strerror or exc}") from exc
-        return self
-
-    def write(self, record: Mapping[str, Any] | ErrorRecord) -> None:
-        """Write one record as one line, in a single ``write`` call.
-
-        Args:
-            record: an output dict (should carry ``"line"``) or an ``ErrorRecord``.
-        """
-        if self._closed:
-            raise ValueError("writer is closed")
-        data = dumps_line(record)
-        if self._file is None:
-            self.open()
-        assert self._file is not None
-        self._file.write(data)
-        self._written += 1
-
-    def flush(self) -> None:
-        """Push written lines to the OS (complete lines only)."""
-        if self._file is not None:
-            self._file.flush()
-
-    def close(self) -> None:
-        """Finish: flush, fsync and rename ``PATH.partial`` to ``PATH`` (stdout: flush only). Idempotent."""
-        if self._closed:
-            return
-        if self._file is None:
-            self.open()
-        assert self._file is not None
-        self._closed = True
-        self._file.flush()
-        if self.path is None:
-            return
-        try:
-            os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
-        os.replace(partial_path(self.path), self.path)
-        logger.debug("wrote %s (%d new records)", self.path, self._written)
-
-    def abort(self) -> None:
-        """Stop without finishing: flush complete lines and keep ``PATH.partial`` for ``--resume``. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._file is None:
-            return
-        try:
-            self._file.flush()
-        finally:
-            if self.path is not None:
-                self._file.close()
-                logger.warning("interrupted: kept %s for --resume", partial_path(self.path))
-
-    def __enter__(self) -> AtomicJSONLWriter:
-        return self.open()
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class _TextToBinary(io.RawIOBase):
-    """Minimal binary view of a text stream without ``.buffer`` (e.g. a replaced ``sys.stdout``)."""
-
-    def __init__(self, text_stream: IO[str]) -> None:
-        super().__init__()
-        self._text = text_stream
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._text.write(bytes(data).decode("utf-8"))
-        return len(data)
-
-    def flush(self) -> None:
-        self._text.flush()

@@ -1,0 +1,95 @@
+"""An exclusive, non-blocking lock on an output path for the whole run (`OUTPUT.lock`, fcntl.flock).
+
+The lock file holds `pid host` of the holder, so a second run can say who holds it. The kernel releases a flock when
+its holder exits, however it exits (SIGKILL included), so a stale lock file never blocks a later run. The holder
+removes the file on release; a run that locked a file another run had just removed notices it (the path no longer
+names the inode it locked) and locks again.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+from pathlib import Path
+
+from mmib_cli.errors import MMIBError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OutputLock", "OutputLocked", "lock_path"]
+
+
+class OutputLocked(MMIBError):
+    """Another run holds the lock of this output."""
+
+
+def lock_path(output: Path) -> Path:
+    """The lock file of an output: `OUTPUT.lock` next to it."""
+    return output.with_name(output.name + ".lock")
+
+
+class OutputLock:
+    """`with OutputLock(path):` holds an exclusive lock on `path.lock` or fails at once.
+
+    Args:
+        output: the output file or directory the lock protects.
+
+    Raises:
+        OutputLocked: another process holds the lock (the message names its pid and host).
+        MMIBError: the lock file cannot be created (the output's folder is missing or not writable).
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.path = lock_path(output)
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock (see the class docstring for what it raises); returns self."""
+        while self._fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise MMIBError(f"cannot write output {self.output}: cannot create {self.path.name} in "
+                                f"{self.path.parent}: {exc.strerror or exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputLocked(f"output {self.output} is in use by another mmib run (pid and host: {holder}; "
+                                   f"lock {self.path}); wait for it to finish") from None
+            if _same_file(fd, self.path):
+                self._fd = fd
+            else:  # the previous holder removed the file between our open and our lock: lock the new one
+                os.close(fd)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (idempotent)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # pragma: no cover - the lock still goes when the descriptor closes
+            logger.debug("cannot remove %s: %s", self.path, exc)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
