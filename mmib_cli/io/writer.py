@@ -98,8 +98,10 @@ def encode_record(record: Mapping[str, Any] | ErrorRecord) -> tuple[bytes, Mappi
         if isinstance(record, ErrorRecord) or "line" not in record:
             raise
         line = record["line"]
-        error = ErrorRecord(record.get("id", line), line, "InvalidInput",
-                            f"line {line}: the output record cannot be written as JSON ({type(exc).__name__})")
+        logger.warning("line %s: the output record is not strict JSON (%s: %s); writing an error record instead",
+                       line, type(exc).__name__, exc)
+        error = ErrorRecord(record.get("id", line), line, "UnserializableRecord",
+                            f"line {line}: the output record cannot be written as JSON ({type(exc).__name__}: {exc})")
         return dumps_line(error), error.to_json()
 
 
