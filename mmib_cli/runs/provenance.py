@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmib_cli.errors import OutputExists
-from mmib_cli.runs.plan import RunOptions
+from mmib_cli.runs.plan import RunOptions, is_uri
 
 __all__ = ["ModelInfo", "ResumeMismatch", "RunFingerprint", "describe_model", "run_info_path"]
 
@@ -100,6 +100,8 @@ class RunFingerprint:
         """Fingerprint a run about to start (reads the input once to hash it)."""
         options = {key: getattr(opts, key) for key in OUTPUT_OPTIONS}
         options["shard"] = list(opts.shard) if opts.shard else None
+        if opts.image_root and not is_uri(opts.image_root):  # the same folder however it is spelled
+            options["image_root"] = str(Path(opts.image_root).resolve())
         options = json.loads(json.dumps(options, default=str))
         size, digest = _hash_prefix(opts.input_path) if seekable_input(opts.input_path) else (None, None)
         return cls(model.label, model.digest, options, size, digest)
