@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from mmib_cli.errors import ExitCode, MMIBError, OutputExists, UsageError
+from mmib_cli.errors import MMIBError, OutputClosed, OutputExists, OutputWriteError, UsageError
 from mmib_cli.io.jsonl import dumps_line
 from mmib_cli.io.lock import OutputLock
 from mmib_cli.io.records import ErrorRecord, PostId
@@ -32,16 +32,6 @@ __all__ = ["AtomicJSONLWriter", "OutputClosed", "OutputWriteError", "encode_reco
 
 FLUSH_BYTES = 1 << 20
 """Records are pushed to the OS at `flush()` or once this many bytes are waiting."""
-
-
-class OutputWriteError(MMIBError):
-    """Writing the output failed (full disk, I/O error); complete lines are kept for `--resume`."""
-
-
-class OutputClosed(MMIBError):
-    """The reader of stdout went away (`mmib annotate ... -o - | head -1`): the run stops quietly."""
-
-    exit_code = ExitCode.BROKEN_PIPE
 
 
 def partial_path(path: Path) -> Path:

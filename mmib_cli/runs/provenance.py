@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmib_cli.errors import OutputExists
+from mmib_cli.errors import ResumeMismatch
 from mmib_cli.runs.plan import RunOptions, is_uri
 
 __all__ = ["ModelInfo", "ResumeMismatch", "RunFingerprint", "describe_model", "run_info_path"]
@@ -25,10 +25,6 @@ OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "keep_none", "type_c
                   "image_root", "id_field", "text_field", "image_field", "shard", "dtype")
 """The options whose value changes an output line (batch size, workers, device and limit do not)."""
 _BLOCK = 1 << 20
-
-
-class ResumeMismatch(OutputExists):
-    """`--resume` on an output made from another input, model or settings."""
 
 
 @dataclass(frozen=True)
