@@ -213,3 +213,16 @@ def test_named_pipe_input_is_accepted(tmp_path, tiny_text_only_ner):
     assert [(r["id"], r["line"]) for r in records] == [("a", 1), (2, 2), ("b", 3)]
     assert records[1]["skipped"] == {"reason": "blank line"}
     writer.join(timeout=60)
+
+
+def test_a_clean_clone_stays_clean():
+    """`pip install .` (build/, *.egg-info/) and the quick start (out.jsonl) write only ignored files."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert not [path for path in tracked.splitlines() if ".egg-info/" in path or path.startswith("build/")]
+    products = ["build/lib/mmib_cli/cli.py", "mmib.egg-info/PKG-INFO", "out.jsonl", "out.jsonl.partial",
+                "mmib_cli/__pycache__/cli.cpython-311.pyc"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *products], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == products

@@ -561,3 +561,25 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
     assert rec["image_used"] is True and rec["image"] == "pics/b.jpg"
 
 
+
+
+def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text_only_ner, tmp_path, monkeypatch,
+                                                                       check):
+    """A NaN produced after reading (a broken model's score) never aborts the run nor reaches the output."""
+    import mmib_cli.annotate as annotate
+
+    make_output = annotate.make_output
+
+    def nan_score(post, **kwargs):
+        record = make_output(post, **kwargs)
+        if post.id == "broken":
+            record["score"] = float("nan")
+        return record
+
+    monkeypatch.setattr(annotate, "make_output", nan_score)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "text": "Obama"}, {"id": "broken", "text": "Obama"}])
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
+                    expect=3)
+    ok, broken = read_out(tmp_path / "out.jsonl", check)
+    assert "error" not in ok and broken["id"] == "broken" and broken["error"]["type"] == "UnserializableRecord"
+    assert "1 errors" in result.stderr  # the summary counts what was written
