@@ -346,7 +346,7 @@ def test_a_record_that_cannot_be_encoded_becomes_the_error_record_of_its_line(tm
         written = writer.write({"id": "a", "line": 3, "meta": deep})
         writer.write({"id": "b", "line": 4, "bad": {1, 2}})
     first, second = (json.loads(x) for x in out.read_bytes().splitlines())
-    assert written == first and first["line"] == 3 and first["error"]["type"] == "InvalidInput"
+    assert written == first and first["line"] == 3 and first["error"]["type"] == "UnserializableRecord"
     assert second["id"] == "b" and "cannot be written as JSON" in second["error"]["message"]
 
 
