@@ -12,19 +12,20 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from mmib_cli.checkpoint.model_io import LoadedModel, load_model
+from mmib_cli.checkpoint.model_io import LoadedModel
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
-                              DEFAULT_MODEL, DType, Mode, OnMissingImage)
+                              DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
-from mmib_cli.inference import optimize_for_inference, predict_ner, predict_re
+from mmib_cli.inference import predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
-from mmib_cli.postprocess import (allowed_relations, bio_to_entities, candidate_pairs, enumerate_pairs,
-                                  relation_signature)
-from mmib_cli.model.configuration import RE_LABELS as RE_LABELS_FOR_PAIRS
+from mmib_cli.postprocess import PairSelection, bio_to_entities, relations_from_scores, select_pairs
 from mmib_cli.runs.plan import PrepareSettings, RelationSettings
 from mmib_cli.text import Token, tokenize
 
 logger = logging.getLogger(__name__)
+
+PAIR_BLOCK = 512
+"""Entity pairs featurised and scored at a time: a chunk's pairs are never all held as windows at once."""
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Prepared:
     tokens: list[Token]
     pixels: torch.Tensor | None = None  # (3, S, S) uint8 crop, normalised per batch
     image_note: str | None = None  # why a given image was not used
-    pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities to classify
+    pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities the input gives
+    given_entities: list[dict] | None = None  # relations --pair: the entities the input gives, to pair up
 
 
 Skipped = SkippedRecord
@@ -119,27 +121,6 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
     return prepared
 
 
-def load_components(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,
-                    dtype: str | DType = DType.AUTO,
-                    cache_dir: str | None = None, token: str | None = None,
-                    online: bool | None = None) -> dict[str, Any]:
-    """Resolve `model` and load its task models: `{"ner": LoadedModel?, "re": LoadedModel?, "label": str}`."""
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import read_bundle
-    from mmib_cli.device import resolve_device, resolve_dtype
-
-    resolved = resolve_model(model, revision=revision, cache_dir=cache_dir, token=token, online=online)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    parts = read_bundle(resolved.path) or {"single": resolved.path}
-    components: dict[str, Any] = {"label": resolved.label}
-    for path in parts.values():
-        loaded = load_model(path, device=torch_device, dtype=torch_dtype)
-        optimize_for_inference(loaded)
-        components[loaded.model.config.task] = loaded
-    return components
-
-
 class Annotator:
     """Annotate posts with entities (and relations) using an MMIB checkpoint (NER and/or RE models).
 
@@ -163,10 +144,11 @@ class Annotator:
                         token: str | None = None, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                         max_tokens: int = DEFAULT_MAX_TOKENS) -> "Annotator":
         """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
-        parts = load_components(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir,
-                                token=token, online=online)
-        return cls(parts.get("ner"), parts.get("re"), model_label=parts["label"], batch_size=batch_size,
-                   max_tokens=max_tokens)
+        from mmib_cli.checkpoint.loading import load_bundle
+
+        bundle = load_bundle(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, token=token,
+                             online=online)
+        return cls(bundle.ner, bundle.re, model_label=bundle.label, batch_size=batch_size, max_tokens=max_tokens)
 
     @property
     def device(self) -> torch.device:
@@ -271,9 +253,9 @@ class Annotator:
             posts, need_ner = [p for p in chunk if isinstance(p, Prepared)], []
         if need_ner:
             self._run_ner(need_ner, entities, bio)
-        pairs_out: dict[int, list[dict[str, Any]]] = {}
+        pairs_out: dict[int, tuple[list[dict[str, Any]], PairSelection]] = {}
         if want_relations:
-            pairs_out = self._run_re(posts, entities, settings, mode)
+            pairs_out = self._run_re(posts, entities, settings)
         out: list[dict[str, Any]] = []
         for item in chunk:
             if isinstance(item, ErrorRecord):
@@ -289,7 +271,10 @@ class Annotator:
                                      else _bio_from_entities(item.tokens, ents),
                                      entities=ents, image_used=self._image_used(item),
                                      model=self.model_label,
-                                     relations=pairs_out.get(key, []) if want_relations else None)
+                                     relations=pairs_out[key][0] if want_relations else None)
+                if want_relations and pairs_out[key][1].capped:
+                    selection = pairs_out[key][1]
+                    record["relations_capped"] = {"pairs": selection.candidates, "scored": len(selection.pairs)}
                 if item.image_note:
                     record["image_error"] = item.image_note
                 out.append(record)
@@ -326,46 +311,68 @@ class Annotator:
             bio[id(post)] = pred.tags
             entities[id(post)] = bio_to_entities(post.tokens, pred.tags, post.post.text, pred.tag_scores)
 
-    def _run_re(self, posts: Sequence[Prepared], entities: dict[int, list], settings: RelationSettings,
-                mode: str) -> dict[int, list[dict[str, Any]]]:
+    def _run_re(self, posts: Sequence[Prepared], entities: dict[int, list],
+                settings: RelationSettings) -> dict[int, tuple[list[dict[str, Any]], PairSelection]]:
+        """Relations of each post: select its pairs (capped), score them block by block, decode them.
+
+        Returns:
+            Per post (by `id`): its relation records and the pair selection (which says whether it was capped).
+        """
         loaded = self.re
-        labels = loaded.model.config.labels
-        items, owners, post_rows = [], [], []
-        pair_lists: dict[int, list[tuple[dict, dict]]] = {}
-        for k, post in enumerate(posts):
-            if post.pairs is not None:
-                pairs = post.pairs
-            else:
-                ents = entities.get(id(post)) or []
-                index_pairs = candidate_pairs(ents, labels) if settings.type_constraints else enumerate_pairs(ents)
-                pairs = [(ents[i], ents[j]) for i, j in index_pairs]
-            pair_lists[id(post)] = pairs
-            for head, tail in pairs:
-                items.append(([t.text for t in post.tokens], _word_span(post.tokens, head),
-                              _word_span(post.tokens, tail)))
-                owners.append(id(post))
-                post_rows.append(k)
-        result: dict[int, list[dict[str, Any]]] = {id(p): [] for p in posts}
-        if not items:
-            return result
-        windows = loaded.featurizer.encode_re_batch(items)
-        for w, k in zip(windows, post_rows):
-            w.post = k
-        pixels, present = self._pixels(posts, loaded)
-        probs = predict_re(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
-                           pixel_values=pixels, image_present=present)
-        cursor: dict[int, int] = {}
-        for owner, row in zip(owners, probs):
-            n = cursor.get(owner, 0)
-            cursor[owner] = n + 1
-            head, tail = pair_lists[owner][n]
-            label, score = _pick_relation(row, head, tail, labels, settings.type_constraints)
-            if (label == labels[0] and not settings.keep_none) or score < settings.min_score:
-                continue
-            head_type, tail_type = relation_signature(label) or ("MISC", "MISC")
-            result[owner].append({"head": _full_entity(head, head_type), "tail": _full_entity(tail, tail_type),
-                                  "relation": label, "score": score})
+        config = loaded.model.config
+        plans = [self._relation_pairs(post, entities.get(id(post)) or [], config.labels, settings) for post in posts]
+        rows = self._score_pairs(posts, plans, loaded)
+        min_score = settings.min_score
+        if min_score is None:
+            min_score = DEFAULT_MIN_SCORE if config.relation_min_score is None else config.relation_min_score
+        result: dict[int, tuple[list[dict[str, Any]], PairSelection]] = {}
+        cursor = 0
+        for post, (ents, selection) in zip(posts, plans):
+            post_rows = rows[cursor: cursor + len(selection.pairs)]
+            cursor += len(selection.pairs)
+            relations = relations_from_scores(ents, selection.pairs, post_rows, config.labels,
+                                              keep_none=settings.keep_none, type_constraints=settings.type_constraints,
+                                              temperature=config.relation_temperature, min_score=min_score)
+            result[id(post)] = (relations, selection)
         return result
+
+    @staticmethod
+    def _relation_pairs(post: Prepared, found: list[dict[str, Any]], labels: Sequence[str],
+                        settings: RelationSettings) -> tuple[list[dict[str, Any]], PairSelection]:
+        """The entities of a post and the ordered pairs of them to score (given pairs, or selected pairs)."""
+        if post.pairs is not None:
+            return given_pair_selection(post.pairs, settings.max_pairs)
+        ents = post.given_entities if post.given_entities is not None else found
+        return ents, select_pairs(ents, labels, type_constraints=settings.type_constraints,
+                                  max_pairs=settings.max_pairs)
+
+    def _score_pairs(self, posts: Sequence[Prepared], plans: Sequence[tuple[list[dict], PairSelection]],
+                     loaded: LoadedModel) -> list[list[float]]:
+        """Relation probabilities of every planned pair, in plan order, scored `PAIR_BLOCK` pairs at a time so
+        memory stays bounded however many pairs a chunk holds."""
+        items: list[tuple[int, tuple[int, int], tuple[int, int]]] = []
+        words: list[list[str]] = []
+        for k, (post, (ents, selection)) in enumerate(zip(posts, plans)):
+            words.append([t.text for t in post.tokens])
+            spans = {}
+            for i, j in selection.pairs:
+                for n in (i, j):
+                    if n not in spans:
+                        spans[n] = _word_span(post.tokens, ents[n])
+                items.append((k, spans[i], spans[j]))
+        rows: list[list[float]] = []
+        if not items:
+            return rows
+        pixels, present = self._pixels(posts, loaded)
+        for start in range(0, len(items), PAIR_BLOCK):
+            block = items[start: start + PAIR_BLOCK]
+            windows = loaded.featurizer.encode_re_batch([(words[k], head, tail) for k, head, tail in block])
+            for w, (k, _, _) in zip(windows, block):
+                w.post = k
+            probs = predict_re(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
+                               pixel_values=pixels, image_present=present)
+            rows.extend(probs.tolist())
+        return rows
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -385,16 +392,6 @@ def _failure_record(item: Prepared | Skipped | ErrorRecord, exc: BaseException) 
                        f"line {item.post.line}: annotation failed ({type(exc).__name__}: {exc})").to_json()
 
 
-def _full_entity(entity: dict, fallback_label: str) -> dict:
-    """An entity record as the output schema wants it (`text, label, start, end, score`).
-
-    Entities given by the input may lack a label (MNRE `h`/`t`) and a score: the label then comes from the chosen
-    relation's signature (`/per/org/...` → PER, ORG; MISC for `None`), and a given entity scores 1.0.
-    """
-    return {"text": entity["text"], "label": str(entity.get("label") or fallback_label),
-            "start": entity["start"], "end": entity["end"], "score": float(entity.get("score", 1.0))}
-
-
 def _no_entities(item: Prepared | Skipped | ErrorRecord, model_label: str) -> Prepared | Skipped | ErrorRecord:
     """`relations --pair` on a post without `entities` when the model has no NER part to find them."""
     if not isinstance(item, Prepared):
@@ -409,15 +406,13 @@ def _with_input_pairs(item: Prepared, settings: RelationSettings) -> Prepared | 
     try:
         if not settings.pair:
             item.pairs = input_pairs(item)
+            for head, tail in item.pairs:
+                _word_span(item.tokens, head), _word_span(item.tokens, tail)
         elif isinstance(item.post.raw.get("entities"), list):
-            ents = [_entity_from(e, item.post.text) if isinstance(e, dict) else _bad_entity(e)
-                    for e in item.post.raw["entities"]]
-            labels = RE_LABELS_FOR_PAIRS
-            index_pairs = candidate_pairs(ents, labels) if settings.type_constraints and all(
-                e.get("label") for e in ents) else enumerate_pairs(ents)
-            item.pairs = [(ents[i], ents[j]) for i, j in index_pairs]
-        for head, tail in item.pairs or []:
-            _word_span(item.tokens, head), _word_span(item.tokens, tail)
+            item.given_entities = [_entity_from(e, item.post.text) if isinstance(e, dict) else _bad_entity(e)
+                                   for e in item.post.raw["entities"]]
+            for entity in item.given_entities:
+                _word_span(item.tokens, entity)
     except InputError as exc:
         return ErrorRecord.from_exception(exc, id=item.post.id, line=item.post.line)
     return item
@@ -425,17 +420,6 @@ def _with_input_pairs(item: Prepared, settings: RelationSettings) -> Prepared | 
 
 def _bad_entity(value: Any) -> dict:
     raise InputError(f"entities must be objects with start/end/label, got {value!r}")
-
-
-def _pick_relation(row: torch.Tensor, head: dict, tail: dict, labels: Sequence[str],
-                   constrained: bool) -> tuple[str, float]:
-    allowed = list(range(len(labels)))
-    if constrained and head.get("label") and tail.get("label"):
-        allowed = allowed_relations(head["label"], tail["label"], labels)
-    mass = float(row[allowed].sum())
-    best = max(allowed, key=lambda i: (float(row[i]), -i))
-    score = float(row[best]) / mass if mass > 0 else 1.0 / len(allowed)
-    return labels[best], round(min(1.0, max(0.0, score)), 4)
 
 
 def _word_span(tokens: Sequence[Token], entity: dict) -> tuple[int, int]:
@@ -479,6 +463,30 @@ def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
         raise InputError(f'line {prepared.post.line}: no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
                          'classify every ordered pair of its entities (given as "entities", or found by NER)')
     return pairs
+
+
+def given_pair_selection(pairs: Sequence[tuple[dict, dict]],
+                         max_pairs: int) -> tuple[list[dict], PairSelection]:
+    """Index the pairs an input gives: their distinct entities, and the first `max_pairs` distinct ordered pairs
+    (0: all) in input order."""
+    entities: list[dict] = []
+    index: dict[tuple, int] = {}
+    chosen: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for head, tail in pairs:
+        ids = []
+        for entity in (head, tail):
+            key = (entity["start"], entity["end"], entity.get("label"))
+            if key not in index:
+                index[key] = len(entities)
+                entities.append(entity)
+            ids.append(index[key])
+        pair = (ids[0], ids[1])
+        if pair not in seen:
+            seen.add(pair)
+            chosen.append(pair)
+    candidates = len(chosen)
+    return entities, PairSelection(chosen[:max_pairs] if max_pairs else chosen, candidates)
 
 
 def _entity_from(value: dict, text: str) -> dict:

@@ -105,7 +105,10 @@ DEFAULT_CHUNK_SIZE = 256
 """Posts prepared at a time by the library API (`Annotator.annotate`)."""
 DEFAULT_MIN_SCORE = 0.0
 """Relations scored below this are dropped, unless the RE checkpoint's config sets `relation_min_score`."""
+DEFAULT_MAX_PAIRS = 1000
+"""Most ordered entity pairs whose relation is scored per post (`--max-pairs`; nearest pairs first): about 32
+entities' worth of pairs. A post with more candidate pairs says so in its `relations_capped` field."""
 
 __all__ = ["Choice", "OnMissingImage", "Mode", "Command", "Engine", "DType", "ModelTask", "DEFAULT_MODEL",
            "DEFAULT_DEVICE", "DEFAULT_BATCH_SIZE", "DEFAULT_TRAIN_BATCH_SIZE", "DEFAULT_MAX_TOKENS",
-           "DEFAULT_CHUNK_SIZE", "DEFAULT_MIN_SCORE"]
+           "DEFAULT_CHUNK_SIZE", "DEFAULT_MIN_SCORE", "DEFAULT_MAX_PAIRS"]

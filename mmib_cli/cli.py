@@ -123,8 +123,8 @@ def annotate(obj: dict, input_path: str, **options: Any) -> None:
 @pipeline_options
 @click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "
               "(entities from the input, or found by NER when absent).")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Drop relations scored below this.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Drop relations scored below this (default: the model's relation_min_score, else 0).")
 @click.option("--keep-none", is_flag=True, help="Keep pairs classified as None.")
 @click.option("--type-constraints/--no-type-constraints", default=True, show_default=True,
               help="Allow only relations whose MNRE signature fits the entity types (/per/org/... for PER→ORG).")
@@ -195,24 +195,25 @@ def train(obj: dict, task: str, **options: Any) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="CoNLL or MNRE file.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
+@click.option("-F", "--force", is_flag=True, help="Overwrite an existing --output-json file.")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Examples per forward pass.")
 @device_options
 @click.pass_obj
 def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, output_json: str | None,
-             batch_size: int, device: str, dtype: str) -> None:
+             force: bool, batch_size: int, device: str, dtype: str) -> None:
     """Score a checkpoint on a labelled file: entity P/R/F1 (NER) or micro P/R/F1 without None (RE).
 
     Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
     """
-    from mmib_cli.evaluate import evaluate_file, render_metrics
+    from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
+    _run(check_metrics_output, output_json, force=force)
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
                    device=device, dtype=dtype, online=obj.get("online"))
-    render_metrics(metrics)
+    click.echo(render_metrics(metrics))
     if output_json:
-        with open(output_json, "w", encoding="utf-8") as fh:
-            json.dump(metrics, fh, indent=2)
+        _run(write_metrics, metrics, output_json)
 
 
 @cli.command()

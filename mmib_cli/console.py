@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -88,14 +86,3 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
-
-
-@contextmanager
-def timed() -> Iterator[dict[str, float]]:
-    """Measure wall time: `with timed() as t: ...; t["seconds"]`."""
-    box = {"seconds": 0.0}
-    start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box["seconds"] = time.perf_counter() - start

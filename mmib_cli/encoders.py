@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmib_cli.checkpoint.verify import sha256_file
 from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
 
 logger = logging.getLogger(__name__)
@@ -68,20 +69,10 @@ def parse_image_encoder(value: str) -> dict[str, Any]:
     return spec
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, expected: str, what: str) -> Path:
     if not path.is_file():
         raise EncoderUnavailable(f"{what}: weights file {path} is missing; reinstall it: pip install --force-reinstall mmib")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatch(f"{what}: sha256 of {path} is {actual}, expected {expected}; reinstall the package")
     return path

@@ -1,6 +1,8 @@
 """Evaluation: entity-level P/R/F1 for NER (seqeval, CoNLL convention) and micro P/R/F1 without None for RE."""
 from __future__ import annotations
 
+import io
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -63,23 +65,36 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
                   online: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint (any `--model` form) and score it on a CoNLL (ner) or MNRE (re) file."""
     task = ModelTask.parse(task, what="task")
-    from mmib_cli.annotate import load_components
-    from mmib_cli.errors import InvalidCheckpoint
+    from mmib_cli.checkpoint.loading import load_bundle
 
     if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
         raise UsageError(f"--images {images}: no such directory")
-    components = load_components(model, device=device, dtype=dtype, online=online)
-    loaded = components.get(task)
-    if loaded is None:
-        raise InvalidCheckpoint(f"checkpoint {model!r} has no {task} model")
+    loaded = load_bundle(model, device=device, dtype=dtype, online=online).require(task)
     examples = read_examples(task, [data], loaded.featurizer, loaded.model.config.labels, images=images)
     metrics = score_examples(loaded, examples, batch_size=batch_size)
     metrics.update(task=task, model=model, data=str(data))
     return metrics
 
 
-def render_metrics(metrics: dict[str, Any]) -> None:
-    """Print a rich table of the metrics to stdout."""
+def check_metrics_output(path: str | Path | None, *, force: bool = False) -> None:
+    """Refuse an existing `--output-json` file unless `force` (checked before the evaluation runs).
+
+    Raises:
+        OutputExists: the file exists and `force` is False.
+    """
+    from mmib_cli.errors import OutputExists
+
+    if path is not None and Path(path).exists() and not force:
+        raise OutputExists(f"{path} already exists; pass --force to overwrite it")
+
+
+def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:
+    """Write the metrics as indented JSON."""
+    Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+def render_metrics(metrics: dict[str, Any]) -> str:
+    """A table of the metrics (micro P/R/F1, then one row per type) as plain text."""
     from rich.console import Console
     from rich.table import Table
 
@@ -91,6 +106,8 @@ def render_metrics(metrics: dict[str, Any]) -> None:
     for name, row in sorted(metrics.get("per_type", {}).items()):
         table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", f"{row['f1']:.2f}",
                       str(row.get("support", "")))
-    Console().print(table)
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(table)
     if "accuracy" in metrics:
-        Console().print(f"accuracy {metrics['accuracy']:.2f}")
+        console.print(f"accuracy {metrics['accuracy']:.2f}")
+    return console.file.getvalue().rstrip("\n")

@@ -63,6 +63,11 @@ class Featurizer:
         if any(i is None or i == self.unk_id for i in self.marker_ids):
             raise ValueError(f"tokenizer vocab lacks the marker tokens {tuple(markers)}")
 
+    @classmethod
+    def from_config(cls, tokenizer: Any, config: Any) -> "Featurizer":
+        """The featurizer an `MMIBConfig` asks for (its `max_length`, `stride` and `entity_markers`)."""
+        return cls(tokenizer, max_length=config.max_length, stride=config.stride, markers=config.entity_markers)
+
     # -- pieces ---------------------------------------------------------------------------------------------
     def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Sub-word ids of every word (at least one piece per word: `[UNK]` when the tokenizer yields none)."""

@@ -5,8 +5,8 @@ from typing import Callable
 
 import click
 
-from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Choice, DType,
-                              Engine, OnMissingImage)
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PAIRS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
+                              Choice, DType, Engine, OnMissingImage)
 
 F = Callable[..., object]
 
@@ -41,6 +41,9 @@ def pipeline_options(func: F) -> F:
         click.option("--num-workers", type=click.IntRange(0), default=None,
                      help="Worker processes for reading, tokenising and image decoding; 0 = a background thread "
                           "(default: 0 on CPU, 2 on GPU)."),
+        click.option("--max-pairs", type=click.IntRange(0), default=DEFAULT_MAX_PAIRS, show_default=True,
+                     help="(relations) Most ordered entity pairs scored per post, nearest pairs first; a post with "
+                          "more says so in `relations_capped`. 0 = no cap."),
         click.option("--on-missing-image", type=choice(OnMissingImage), default=OnMissingImage.TEXT_ONLY.value,
                      show_default=True, help="What to do when a post's image is missing or unreadable."),
         click.option("--image-root", type=click.Path(file_okay=False, path_type=str), default=None,

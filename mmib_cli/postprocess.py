@@ -1,4 +1,5 @@
-"""Post-processing: BIO tags to entity spans with exact character offsets, entity pairs, relation type constraints.
+"""Post-processing: BIO tags to entity spans with exact character offsets; which entity pairs to classify; relation
+scores to relation records (calibration, type constraints, direction rules).
 
 No direct torch use: score arguments may be lists or anything with ``.tolist()`` (tensors, arrays).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mmib_cli.io.records import Entity, Relation
@@ -17,13 +19,17 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ENTITY_TYPES",
     "RELATION_SIGNATURES",
+    "SYMMETRIC_RELATION_NAMES",
+    "PairSelection",
     "allowed_relations",
     "bio_to_entities",
-    "candidate_pairs",
+    "calibrate",
     "constrain_relation_scores",
-    "enumerate_pairs",
+    "is_symmetric",
     "relation_signature",
     "relations_from_scores",
+    "select_pairs",
+    "same_entity",
 ]
 
 ENTITY_TYPES: dict[str, str] = {"per": "PER", "org": "ORG", "loc": "LOC", "misc": "MISC"}
@@ -177,39 +183,141 @@ def allowed_relations(head_label: str, tail_label: str, labels: Sequence[str] = 
     return allowed
 
 
-def enumerate_pairs(entities: Sequence[Any]) -> list[tuple[int, int]]:
-    """All ordered pairs ``(head, tail)`` of distinct entity indices: ``(0, 1), (0, 2), ..., (1, 0), (1, 2), ...``.
+SYMMETRIC_RELATION_NAMES = frozenset({"peer", "couple", "siblings", "neighbor", "alumi", "alternate_names"})
+"""Names (last path part) of the relations that hold both ways: `/per/per/peer`, `/org/org/alternate_names`...
+Every other label except ``None`` is asymmetric (`parent`, `charges`, `subsidiary`, `contain`, `part_of`, and the
+cross-type ones such as `member_of`), including labels of custom checkpoints this list does not know."""
+
+
+def is_symmetric(label: str) -> bool:
+    """Whether a relation label holds both ways (its last path part is in ``SYMMETRIC_RELATION_NAMES``)."""
+    return label.rsplit("/", 1)[-1] in SYMMETRIC_RELATION_NAMES
+
+
+def same_entity(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two mentions must not be related: overlapping spans (the same span included), or two mentions of
+    the same name (equal text ignoring case and a leading ``@``/``#``: ``Yale`` ... ``yale``)."""
+    if int(a["start"]) < int(b["end"]) and int(b["start"]) < int(a["end"]):
+        return True
+    return _name(a) == _name(b) != ""
+
+
+def _name(entity: Mapping[str, Any]) -> str:
+    return str(entity.get("text", "")).strip().lstrip("@#").casefold()
+
+
+@dataclass
+class PairSelection:
+    """The ordered entity pairs of one post chosen for relation scoring.
+
+    Attributes:
+        pairs: ``(head, tail)`` entity indices to score, in output order (``select_pairs``: by head, then tail).
+        candidates: ordered pairs that qualified before the cap (``len(pairs)`` when nothing was capped).
+    """
+
+    pairs: list[tuple[int, int]]
+    candidates: int
+
+    @property
+    def capped(self) -> bool:
+        return len(self.pairs) < self.candidates
+
+
+class _TypeFilter:
+    """Whether a head/tail type pair admits a relation other than ``None`` (memoised: a post has few type pairs)."""
+
+    def __init__(self, labels: Sequence[str], enabled: bool) -> None:
+        self.labels, self.enabled = labels, enabled
+        self._memo: dict[tuple[str, str], bool] = {}
+
+    def admits(self, head: Mapping[str, Any], tail: Mapping[str, Any]) -> bool:
+        h, t = head.get("label"), tail.get("label")
+        if not (self.enabled and h and t):
+            return True
+        key = (str(h), str(t))
+        if key not in self._memo:
+            self._memo[key] = any(not _is_none_label(k, self.labels[k])
+                                  for k in allowed_relations(key[0], key[1], self.labels))
+        return self._memo[key]
+
+
+def select_pairs(entities: Sequence[Mapping[str, Any]], labels: Sequence[str] = RE_LABELS, *,
+                 type_constraints: bool = True, max_pairs: int | None = None) -> PairSelection:
+    """Choose the ordered entity pairs of one post to classify, nearest pairs first, at most ``max_pairs``.
+
+    A pair never relates an entity to itself, to another mention of the same name or to an overlapping span. With ``type_constraints``, a direction
+    whose entity types admit no relation but ``None`` is left out. When there are more than
+    ``max_pairs`` candidates, pairs are taken in a fixed order, so a capped run is reproducible: entities sorted by
+    position, then pairs of neighbours first (1 entity apart, then 2, ...), left to right; both directions of a pair
+    are taken together, so the direction rules of ``relations_from_scores`` can compare them.
 
     Args:
-        entities: the entities of one post.
+        entities: the entities of one post (``start``/``end``, optional ``label``).
+        labels: relation labels of the model, in id order.
+        type_constraints: drop directions whose entity types admit no relation.
+        max_pairs: most ordered pairs to return; None or 0 for no cap.
 
     Returns:
-        ``n * (n - 1)`` index pairs in head-major, then tail, order.
+        The selected pairs (head-major order) and how many qualified before the cap.
     """
-    n = len(entities)
-    return [(i, j) for i in range(n) for j in range(n) if i != j]
+    types = _TypeFilter(labels, type_constraints)
+    order = sorted(range(len(entities)), key=lambda i: (int(entities[i]["start"]), int(entities[i]["end"]), i))
+    chosen: list[tuple[int, int]] = []
+    candidates = 0
+    full = False
+    for gap in range(1, len(order)):
+        for pos in range(len(order) - gap):
+            a, b = order[pos], order[pos + gap]
+            if same_entity(entities[a], entities[b]):
+                continue
+            directions = [(h, t) for h, t in ((a, b), (b, a)) if types.admits(entities[h], entities[t])]
+            candidates += len(directions)
+            if not full and max_pairs and len(chosen) + len(directions) > max_pairs:
+                full = True
+            if not full:
+                chosen.extend(directions)
+    return PairSelection(sorted(chosen), candidates)
 
 
-def candidate_pairs(entities: Sequence[Entity], labels: Sequence[str] = RE_LABELS) -> list[tuple[int, int]]:
-    """The ``enumerate_pairs`` whose entity types admit at least one relation other than ``None``.
+def calibrate(values: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """Apply a calibration temperature to probabilities: ``softmax(log(p) / T)``, i.e. ``p ** (1/T)`` renormalised.
 
-    Args:
-        entities: the entities of one post (with ``label``).
-        labels: relation labels in id order.
+    ``T > 1`` flattens over-confident scores, ``T = 1`` returns them unchanged; the argmax never changes.
 
-    Returns:
-        Index pairs, in ``enumerate_pairs`` order.
+    Raises:
+        ValueError: ``temperature`` is not a positive finite number.
     """
-    keep = []
-    for i, j in enumerate_pairs(entities):
-        allowed = allowed_relations(entities[i]["label"], entities[j]["label"], labels)
-        if any(not _is_none_label(k, labels[k]) for k in allowed):
-            keep.append((i, j))
-    return keep
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if temperature == 1.0:
+        return list(values)
+    logs = [math.log(v) / temperature if v > 0 else -math.inf for v in values]
+    top = max(logs)
+    if top == -math.inf:
+        return list(values)
+    powered = [math.exp(x - top) for x in logs]
+    total = math.fsum(powered)
+    return [p / total for p in powered]
+
+
+def _check_probabilities(probs: Any, labels: Sequence[str]) -> list[float]:
+    values = [float(v) for v in _to_list(probs)]
+    if len(values) != len(labels):
+        raise ValueError(f"{len(values)} relation probabilities for {len(labels)} labels")
+    if any(not v >= 0.0 for v in values):
+        raise ValueError(f"relation probabilities must be non-negative numbers, got {values}")
+    return values
+
+
+def _best_allowed(values: Sequence[float], allowed: Sequence[int]) -> tuple[int, float]:
+    """The best allowed label id and its probability renormalised over the allowed labels (ties: lowest id)."""
+    mass = math.fsum(values[i] for i in allowed)
+    best = min(allowed, key=lambda i: (-values[i], i))
+    return best, (1.0 / len(allowed) if mass <= 0.0 else values[best] / mass)
 
 
 def constrain_relation_scores(
-    probs: Any, head_label: str, tail_label: str, labels: Sequence[str] = RE_LABELS
+    probs: Any, head_label: str, tail_label: str, labels: Sequence[str] = RE_LABELS, *, temperature: float = 1.0
 ) -> tuple[str, float]:
     """Pick the best relation allowed for the entity types: zero out the others, renormalise, take the argmax.
 
@@ -221,6 +329,7 @@ def constrain_relation_scores(
         head_label: entity type of the head.
         tail_label: entity type of the tail.
         labels: relation labels in id order.
+        temperature: calibration temperature applied first (see ``calibrate``).
 
     Returns:
         ``(label, score)``, the score being the renormalised probability rounded to 4 decimals.
@@ -228,49 +337,116 @@ def constrain_relation_scores(
     Raises:
         ValueError: ``probs`` has the wrong length or holds negative / NaN values.
     """
-    values = [float(v) for v in _to_list(probs)]
-    if len(values) != len(labels):
-        raise ValueError(f"{len(values)} relation probabilities for {len(labels)} labels")
-    if any(not v >= 0.0 for v in values):
-        raise ValueError(f"relation probabilities must be non-negative numbers, got {values}")
-    allowed = allowed_relations(head_label, tail_label, labels)
-    mass = math.fsum(values[i] for i in allowed)
-    best = min(allowed, key=lambda i: (-values[i], i))
-    score = 1.0 / len(allowed) if mass <= 0.0 else values[best] / mass
+    values = calibrate(_check_probabilities(probs, labels), temperature)
+    best, score = _best_allowed(values, allowed_relations(head_label, tail_label, labels))
     return labels[best], _clamp_score(score)
 
 
+@dataclass
+class _Scored:
+    """One scored ordered pair: its row in the input, the best allowed label, and the renormalised distribution."""
+
+    row: int
+    head: int
+    tail: int
+    label: int
+    score: float
+    allowed_mass: list[float]  # calibrated probabilities renormalised over the allowed labels (0 elsewhere)
+
+
+def _score_pair(row: int, head: int, tail: int, values: list[float], entities: Sequence[Mapping[str, Any]],
+                labels: Sequence[str], type_constraints: bool) -> _Scored:
+    h, t = entities[head].get("label"), entities[tail].get("label")
+    allowed = (allowed_relations(str(h), str(t), labels) if type_constraints and h and t
+               else list(range(len(labels))))
+    mass = math.fsum(values[i] for i in allowed)
+    dist = [0.0] * len(labels)
+    for i in allowed:
+        dist[i] = values[i] / mass if mass > 0 else 1.0 / len(allowed)
+    best, score = _best_allowed(values, allowed)
+    return _Scored(row, head, tail, best, score, dist)
+
+
+def _relation_record(entities: Sequence[Mapping[str, Any]], item: _Scored, label: str, score: float) -> Relation:
+    head_type, tail_type = relation_signature(label) or ("MISC", "MISC")
+    return {"head": _output_entity(entities[item.head], head_type),
+            "tail": _output_entity(entities[item.tail], tail_type), "relation": label, "score": _clamp_score(score)}
+
+
+def _output_entity(entity: Mapping[str, Any], fallback_label: str) -> Entity:
+    """An entity as the output schema wants it (``text, label, start, end, score``), a copy.
+
+    Entities given by the input may lack a label (MNRE ``h``/``t``) and a score: the label then comes from the
+    relation's signature (``/per/org/...`` gives PER, ORG; MISC for ``None``), and a given entity scores 1.0.
+    """
+    return {"text": entity["text"], "label": str(entity.get("label") or fallback_label),
+            "start": int(entity["start"]), "end": int(entity["end"]), "score": float(entity.get("score", 1.0))}
+
+
 def relations_from_scores(
-    entities: Sequence[Entity],
+    entities: Sequence[Mapping[str, Any]],
     pairs: Sequence[tuple[int, int]],
     probs: Any,
     labels: Sequence[str] = RE_LABELS,
     *,
     keep_none: bool = False,
+    type_constraints: bool = True,
+    temperature: float = 1.0,
+    min_score: float = 0.0,
 ) -> list[Relation]:
-    """Relation records for scored entity pairs, after the type constraint.
+    """Relation records for scored entity pairs: the one decoding path of `annotate --relations` and `relations`.
+
+    Per ordered pair, the calibrated probabilities (``calibrate``) are restricted to the labels the entity types
+    allow (when ``type_constraints`` and both entities have a type) and renormalised; the best label wins. Then the
+    rules that make the result consistent on open text apply to the two directions of each entity pair:
+
+    - an entity is never related to itself, to another mention of the same name, or to an overlapping span
+      (``same_entity``; such pairs give no record at all);
+    - one relation per entity pair: the higher-scoring of the two directions' labels other than ``None`` wins;
+    - an asymmetric relation (``parent``, ``contain``, ``member_of``...; see ``is_symmetric``) is emitted in the
+      winning direction only; the other direction counts as ``None``;
+    - a symmetric relation (``peer``, ``couple``, ``siblings``, ``neighbor``, ``alumi``, ``alternate_names``) is
+      emitted for every scored direction of the pair, with the same label and score.
 
     Args:
-        entities: the entities of one post.
+        entities: the entities of one post (``text, start, end``, optional ``label``/``score``).
         pairs: ``(head, tail)`` index pairs, one per row of ``probs``.
         probs: ``(num_pairs, num_labels)`` probabilities.
-        labels: relation labels in id order.
-        keep_none: also return pairs whose best allowed label is ``None``.
+        labels: relation labels in id order (the loaded model's).
+        keep_none: also return pairs whose outcome is ``None`` (scored by their probability of ``None``).
+        type_constraints: restrict each pair to the labels its entity types allow.
+        temperature: calibration temperature (the RE checkpoint's ``relation_temperature``).
+        min_score: drop records scored below this.
 
     Returns:
         ``{"head", "tail", "relation", "score"}`` records in ``pairs`` order (entities copied).
 
     Raises:
-        ValueError: ``probs`` and ``pairs`` differ in length (or see ``constrain_relation_scores``).
+        ValueError: ``probs`` and ``pairs`` differ in length, or a row is not a probability vector.
     """
     rows = _to_list(probs)
     if len(rows) != len(pairs):
         raise ValueError(f"{len(rows)} probability rows for {len(pairs)} pairs")
-    relations: list[Relation] = []
-    for (i, j), row in zip(pairs, rows):
-        head, tail = entities[i], entities[j]
-        label, score = constrain_relation_scores(row, head["label"], tail["label"], labels)
-        if not keep_none and label == labels[0]:
+    groups: dict[tuple[int, int], list[_Scored]] = {}
+    for n, ((i, j), row) in enumerate(zip(pairs, rows)):
+        values = calibrate(_check_probabilities(row, labels), temperature)
+        if i == j or same_entity(entities[i], entities[j]):
             continue
-        relations.append({"head": head.copy(), "tail": tail.copy(), "relation": label, "score": score})
+        groups.setdefault((min(i, j), max(i, j)), []).append(
+            _score_pair(n, i, j, values, entities, labels, type_constraints))
+    decided: dict[int, tuple[str, float]] = {}
+    for group in groups.values():
+        related = [s for s in group if not _is_none_label(s.label, labels[s.label])]
+        winner = max(related, key=lambda s: (s.score, -s.row)) if related else None
+        for item in group:
+            if winner is None or (item is not winner and not is_symmetric(labels[winner.label])):
+                decided[item.row] = (labels[0], item.allowed_mass[0])  # None, scored by its own P(None)
+            else:
+                decided[item.row] = (labels[winner.label], winner.score)
+    relations: list[Relation] = []
+    for item in sorted((s for g in groups.values() for s in g), key=lambda s: s.row):
+        label, score = decided[item.row]
+        if (label == labels[0] and not keep_none) or _clamp_score(score) < min_score:
+            continue
+        relations.append(_relation_record(entities, item, label, score))
     return relations

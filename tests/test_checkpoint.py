@@ -532,3 +532,19 @@ def test_split_revision() -> None:
     assert split_revision("org/name") == ("org/name", None)
     assert split_revision("org/name@v1.0") == ("org/name", "v1.0")
     assert split_revision("org/name@refs/pr/1") == ("org/name", "refs/pr/1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(n for n, s in load_registry().items() if s.source == "embedded"))
+def test_registry_num_params_matches_the_real_model(name):
+    """Like torchvision's extended model tests: the registry's `num_params` is the parameter count of the model its
+    files build (every task part of a bundle, base encoders included)."""
+    from mmib_cli.checkpoint.model_io import load_model
+
+    spec = load_registry()[name]
+    directory = spec.checkpoint_dir()
+    if not (directory / "config.json").is_file() and not (directory / "bundle.json").is_file():
+        pytest.skip(f"embedded checkpoint {name} is not present in this checkout")
+    parts = read_bundle(directory) or {"single": directory}
+    counted = sum(p.numel() for path in parts.values() for p in load_model(path).model.parameters())
+    assert spec.num_params == counted

@@ -18,10 +18,10 @@ from mmib_cli.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     check_image,
+    crop_image,
     load_image,
     normalize_pixels,
     open_rgb,
-    preprocess_image,
     read_image_file,
     resize_size,
     resolve_image_path,
@@ -33,6 +33,11 @@ S = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def _preprocess(im, *, image_size: int) -> torch.Tensor:
+    """Crop then scale to 0..1 (identity normalisation): what `load_image` does after decoding."""
+    return normalize_pixels(crop_image(im, image_size=image_size), **IDENTITY)
 
 
 def _load(path, **kwargs):
@@ -105,7 +110,7 @@ def _mode_image(mode: str) -> Image.Image:
 def test_to_rgb_converts_every_mode(mode):
     rgb = to_rgb(_mode_image(mode))
     assert rgb.mode == "RGB" and rgb.size == (30, 20)
-    tensor = preprocess_image(rgb, image_size=S, **IDENTITY)
+    tensor = _preprocess(rgb, image_size=S)
     assert tensor.shape == (3, S, S) and torch.isfinite(tensor).all()
 
 
@@ -196,7 +201,7 @@ def test_preprocess_matches_torchvision_resize_then_center_crop(size, image_size
     import torchvision.transforms.v2.functional as TF
 
     im = _gradient(*size)
-    ours = preprocess_image(im, image_size=image_size, **IDENTITY)
+    ours = _preprocess(im, image_size=image_size)
     resized = TF.resize(im, [resize_size(image_size)], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     ref = TF.to_dtype(TF.pil_to_tensor(TF.center_crop(resized, [image_size, image_size])), torch.float32, scale=True)
     assert ours.shape == ref.shape == (3, image_size, image_size)
@@ -227,7 +232,7 @@ def test_large_jpeg_uses_reduced_decoding_with_same_result(tmp_path):
     path = tmp_path / "big.jpg"
     _gradient(1800, 1200).save(path, quality=92)
     fast = _load(path, image_size=64, **IDENTITY)
-    full = preprocess_image(open_rgb(path), image_size=64, **IDENTITY)
+    full = _preprocess(open_rgb(path), image_size=64)
     assert (fast - full).abs().mean() < 0.02
 
 

@@ -265,6 +265,24 @@ def test_directory_without_weights_is_invalid(tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+def test_load_bundle_gives_typed_task_models(tiny_bundle, tiny_text_only_ner):
+    from mmib_cli.checkpoint.loading import LoadedBundle, load_bundle
+    from mmib_cli.checkpoint.model_io import LoadedModel
+    from mmib_cli.errors import InvalidCheckpoint
+
+    both = load_bundle(str(tiny_bundle), device="cpu")
+    assert isinstance(both, LoadedBundle) and both.label
+    assert isinstance(both.ner, LoadedModel) and both.ner.model.config.task == "ner"
+    assert isinstance(both.re, LoadedModel) and both.re.model.config.task == "re"
+    assert both.require("re") is both.re and both.get("ner") is both.ner
+    single = load_bundle(str(tiny_text_only_ner), device="cpu")
+    assert single.re is None and single.ner.model.config.task == "ner"
+    with pytest.raises(InvalidCheckpoint, match="has no re model"):
+        single.require("re")
+    with pytest.raises(ValueError, match="task must be one of ner, re"):
+        single.get("rel")
+
+
 # -- invalid config.json: exit 1 "invalid checkpoint ...", before anything is allocated ---------------------------
 BAD_CONFIGS = {
     "absurd latent size": lambda c: c.update(latent_size=10**9),
@@ -279,6 +297,8 @@ BAD_CONFIGS = {
     "markers not strings": lambda c: c.update(entity_markers=[1, 2, 3, 4]),
     "task not a string": lambda c: c.update(task=["ner"]),
     "deep spec": lambda c: c.update(text_encoder=json.loads('{"a": ' * 500 + "1" + "}" * 500)),
+    "zero relation temperature": lambda c: c.update(relation_temperature=0),
+    "relation min score above 1": lambda c: c.update(relation_min_score=1.5),
 }
 
 

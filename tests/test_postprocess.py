@@ -11,11 +11,10 @@ from mmib_cli.postprocess import (
     RELATION_SIGNATURES,
     allowed_relations,
     bio_to_entities,
-    candidate_pairs,
     constrain_relation_scores,
-    enumerate_pairs,
     relation_signature,
     relations_from_scores,
+    select_pairs,
 )
 from mmib_cli.text import Token
 
@@ -207,20 +206,25 @@ def test_allowed_relations_follow_the_given_label_order():
     assert allowed_relations("ORG", "LOC", labels) == [0, 1, 2, 3]
 
 
-def test_enumerate_pairs():
-    assert enumerate_pairs([]) == [] and enumerate_pairs(["a"]) == []
-    assert enumerate_pairs(["a", "b", "c"]) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
-    assert len(enumerate_pairs(list(range(7)))) == 42
-
-
 def _entity(text: str, label: str, start: int) -> dict:
     return {"text": text, "label": label, "start": start, "end": start + len(text), "score": 0.9}
+
+
+def test_select_pairs_without_constraints_is_every_ordered_pair():
+    def unlabelled(n):
+        return [{"text": chr(97 + i), "start": 3 * i, "end": 3 * i + 1} for i in range(n)]
+
+    assert select_pairs([]).pairs == [] and select_pairs(unlabelled(1)).pairs == []
+    assert select_pairs(unlabelled(3)).pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    every = select_pairs(unlabelled(7), type_constraints=False)
+    assert len(every.pairs) == every.candidates == 42 and not every.capped
 
 
 def test_candidate_pairs_drop_pairs_with_no_possible_relation():
     entities = [_entity("Kawhi", "PER", 0), _entity("Toronto", "LOC", 10), _entity("Raptors", "ORG", 20)]
     # PER->LOC, PER->ORG, ORG->LOC are possible; LOC->PER, LOC->ORG, ORG->PER are not
-    assert candidate_pairs(entities) == [(0, 1), (0, 2), (2, 1)]
+    assert select_pairs(entities).pairs == [(0, 1), (0, 2), (2, 1)]
+    assert len(select_pairs(entities, type_constraints=False).pairs) == 6
 
 
 def _probs(by_label: dict[str, float]) -> list[float]:
@@ -263,7 +267,7 @@ def test_constraint_rejects_bad_probabilities(probs):
 
 def test_relations_from_scores():
     entities = [_entity("Kawhi", "PER", 0), _entity("Raptors", "ORG", 10)]
-    pairs = enumerate_pairs(entities)
+    pairs = [(0, 1), (1, 0)]
     member = [0.0] * len(RE_LABELS)
     member[0], member[9] = 0.2, 0.8
     reverse = [0.0] * len(RE_LABELS)

@@ -167,6 +167,27 @@ def test_eval_is_bit_for_bit_deterministic(ner_run, tmp_path):
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
 
+def test_eval_output_json_is_never_overwritten_without_force(ner_run, tmp_path):
+    out = tmp_path / "metrics.json"
+    out.write_text("keep me")
+    result = invoke("eval", "ner", "--model", ner_run["out"], "--data", ner_run["valid"], "--output-json", out,
+                    expect=2)
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert out.read_text() == "keep me"
+    metrics, _ = eval_cli("ner", ner_run["out"], ner_run["valid"], out, "--force")
+    assert metrics["f1"] == 100.0
+
+
+def test_render_metrics_returns_the_table_and_prints_nothing(capsys):
+    from mmib_cli.evaluate import render_metrics
+
+    text = render_metrics({"task": "ner", "data": "d.txt", "precision": 50.0, "recall": 25.0, "f1": 33.33,
+                           "support": 4, "per_type": {"PER": {"precision": 50.0, "recall": 25.0, "f1": 33.33,
+                                                              "support": 4}}})
+    assert capsys.readouterr().out == ""
+    assert "micro" in text and "33.33" in text and "PER" in text
+
+
 def test_eval_library_api_matches_cli(ner_run, tmp_path):
     from mmib_cli.evaluate import evaluate_file
 

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmib_cli import offline
@@ -119,62 +120,98 @@ def download_checkpoint(
         CheckpointNotFound: no such repo or revision, or the hub is unreachable and nothing is cached.
         HubAccessDenied: the hub answered 401/403 (private or gated repo, missing or bad token).
     """
+    request = _HubRequest.build(repo_id, revision, cache_dir=cache_dir, online=online, name=name)
+    if request.offline and force:
+        raise OfflineUnavailable(
+            f"cannot re-download {request.label} in offline mode; run `{request.command} --force` "
+            "(or set MMIB_OFFLINE=0)"
+        )
+    try:
+        path = _snapshot(request, token=token, force=force)
+    except Exception as exc:
+        error = _download_error(exc, request)
+        if error is None:
+            raise
+        raise error from exc
+    logger.info("model %s available at %s", request.label, path)
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class _HubRequest:
+    """What one download asks for, and the names its error messages use."""
+
+    repo_id: str
+    revision: str | None
+    cache: Path
+    endpoint: str
+    offline: bool
+    label: str  # repo_id[@revision]
+    command: str  # the command that fetches it while online
+
+    @classmethod
+    def build(cls, repo_id: str, revision: str | None, *, cache_dir: str | Path | None, online: bool | None,
+              name: str | None) -> "_HubRequest":
+        return cls(repo_id=repo_id, revision=revision,
+                   cache=Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(),
+                   endpoint=hub_endpoint(), offline=offline.is_offline() if online is None else not online,
+                   label=f"{repo_id}@{revision}" if revision else repo_id,
+                   command=fetch_command(repo_id, revision, name=name))
+
+
+_ACCESS_HINT = "pass --token TOKEN or set HF_TOKEN (or run `hf auth login`) with a token that can read it"
+
+
+def _snapshot(request: _HubRequest, *, token: str | None, force: bool) -> str:
+    """`huggingface_hub.snapshot_download` with mmib's offline decision, endpoint, cache and progress bar."""
     import huggingface_hub
+
+    with _hub_offline_flag(request.offline):
+        return huggingface_hub.snapshot_download(
+            request.repo_id,
+            revision=request.revision,
+            cache_dir=request.cache,
+            token=token,
+            force_download=force,
+            local_files_only=request.offline,
+            endpoint=request.endpoint,
+            library_name="mmib",
+            library_version=__version__,
+            tqdm_class=_progress_class(),
+        )
+
+
+def _download_error(exc: Exception, request: _HubRequest) -> MMIBError | None:
+    """The MMIBError a failed snapshot download means, or None for an unexpected exception (to re-raise)."""
     from huggingface_hub import errors as hf_errors
 
     # RemoteEntryNotFoundError appeared in huggingface_hub 1.0; EntryNotFoundError before
     remote_entry_missing = getattr(hf_errors, "RemoteEntryNotFoundError", hf_errors.EntryNotFoundError)
-    is_offline = offline.is_offline() if online is None else not online
-    endpoint = hub_endpoint()
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    label = f"{repo_id}@{revision}" if revision else repo_id
-    command = fetch_command(repo_id, revision, name=name)
-    if is_offline and force:
-        raise OfflineUnavailable(
-            f"cannot re-download {label} in offline mode; run `{command} --force` (or set MMIB_OFFLINE=0)"
+    repo_id, label, endpoint = request.repo_id, request.label, request.endpoint
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return CheckpointNotFound(
+            f"revision {request.revision!r} not found in hub repo {repo_id} (endpoint {endpoint}); check the "
+            "branch, tag or commit"
         )
-    access_hint = "pass --token TOKEN or set HF_TOKEN (or run `hf auth login`) with a token that can read it"
-    try:
-        with _hub_offline_flag(is_offline):
-            path = huggingface_hub.snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache,
-                token=token,
-                force_download=force,
-                local_files_only=is_offline,
-                endpoint=endpoint,
-                library_name="mmib",
-                library_version=__version__,
-                tqdm_class=_progress_class(),
-            )
-    except hf_errors.RevisionNotFoundError as exc:
-        raise CheckpointNotFound(
-            f"revision {revision!r} not found in hub repo {repo_id} (endpoint {endpoint}); check the branch, tag or "
-            "commit"
-        ) from exc
-    except hf_errors.GatedRepoError as exc:
-        raise HubAccessDenied(
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return HubAccessDenied(
             f"hub repo {repo_id} is gated (endpoint {endpoint}): accept its conditions at {endpoint}/{repo_id}, "
-            f"then {access_hint}"
-        ) from exc
-    except hf_errors.LocalEntryNotFoundError as exc:  # includes IncompleteSnapshotError
-        if is_offline:
-            raise OfflineUnavailable(
-                f"{label} is not in the local cache ({cache}) and mmib is offline; fetch it with `{command}` "
-                "(or set MMIB_OFFLINE=0)"
-            ) from exc
-        raise _map_http_error(exc, repo_id, label, endpoint, access_hint, cache) from exc
-    except remote_entry_missing as exc:
-        raise CheckpointNotFound(f"a file of {label} vanished from the hub (endpoint {endpoint}): {exc}") from exc
-    except (hf_errors.RepositoryNotFoundError, hf_errors.HfHubHTTPError) as exc:
-        raise _map_http_error(exc, repo_id, label, endpoint, access_hint, cache) from exc
-    except Exception as exc:
-        if type(exc).__module__.split(".")[0] not in _TRANSPORT_MODULES:
-            raise
-        raise CheckpointNotFound(f"could not download {label} from {endpoint}: {type(exc).__name__}: {exc}") from exc
-    logger.info("model %s available at %s", label, path)
-    return Path(path)
+            f"then {_ACCESS_HINT}"
+        )
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError):  # includes IncompleteSnapshotError
+        if request.offline:
+            return OfflineUnavailable(
+                f"{label} is not in the local cache ({request.cache}) and mmib is offline; fetch it with "
+                f"`{request.command}` (or set MMIB_OFFLINE=0)"
+            )
+        return _map_http_error(exc, repo_id, label, endpoint, _ACCESS_HINT, request.cache)
+    if isinstance(exc, remote_entry_missing):
+        return CheckpointNotFound(f"a file of {label} vanished from the hub (endpoint {endpoint}): {exc}")
+    if isinstance(exc, (hf_errors.RepositoryNotFoundError, hf_errors.HfHubHTTPError)):
+        return _map_http_error(exc, repo_id, label, endpoint, _ACCESS_HINT, request.cache)
+    if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
+        return CheckpointNotFound(f"could not download {label} from {endpoint}: {type(exc).__name__}: {exc}")
+    return None
 
 
 def _map_http_error(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +17,10 @@ from mmib_cli._version import __version__
 from mmib_cli.encoders import ImageBackboneInfo, build_image_backbone, load_text_encoder
 from mmib_cli.errors import InvalidCheckpoint
 from mmib_cli.features import Featurizer
+from mmib_cli.model.tuning import apply_encoder_tuning
+
+if TYPE_CHECKING:
+    from mmib_cli.model import MMIBConfig, MMIBModel
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +34,13 @@ IMAGE_PREFIX = "image_backbone."
 class LoadedModel:
     """A model ready for inference or training, with what is needed to feed it."""
 
-    model: Any  # MMIBModel
+    model: MMIBModel
     featurizer: Featurizer
     image_info: ImageBackboneInfo | None
     directory: Path | None = None
 
 
-def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel:
+def build_model(config: MMIBConfig, *, load_image_backbone: bool = True) -> LoadedModel:
     """Build an MMIBModel with freshly loaded base encoders (used by training and by loading)."""
     from mmib_cli.model import MMIBModel
 
@@ -46,56 +50,8 @@ def build_model(config: Any, *, load_image_backbone: bool = True) -> LoadedModel
         backbone, image_info = build_image_backbone(config.image_encoder)
     apply_encoder_tuning(text_encoder, config.encoder_tuning)
     model = MMIBModel(config, text_encoder, backbone)
-    featurizer = Featurizer(tokenizer, max_length=config.max_length, stride=config.stride,
-                            markers=config.entity_markers)
+    featurizer = Featurizer.from_config(tokenizer, config)
     return LoadedModel(model, featurizer, image_info)
-
-
-def apply_encoder_tuning(text_encoder: torch.nn.Module, tuning: str) -> None:
-    """Set `requires_grad` on the text encoder: `full`, `frozen`, `top:N` (last N layers; embeddings frozen) or
-    `lora:R` (rank-R LoRA adapters on every projection, base frozen)."""
-    if tuning == "full":
-        return
-    for param in text_encoder.parameters():
-        param.requires_grad = False
-    if tuning == "frozen":
-        return
-    if tuning.startswith("lora:"):
-        _inject_lora(text_encoder, int(tuning.split(":", 1)[1]))
-        return
-    if tuning.startswith("top:"):
-        layers = _encoder_layers(text_encoder)
-        count = int(tuning.split(":", 1)[1])
-        if not 0 < count <= len(layers):
-            raise ValueError(f"encoder_tuning {tuning!r}: the text encoder has {len(layers)} layers")
-        for layer in layers[len(layers) - count:]:
-            for param in layer.parameters():
-                param.requires_grad = True
-        return
-    raise ValueError(f"unknown encoder_tuning {tuning!r}: use full, frozen, top:N or lora:R")
-
-
-LORA_TARGETS = ["query", "key", "value", "dense"]
-
-
-def _inject_lora(text_encoder: torch.nn.Module, rank: int) -> None:
-    """Add LoRA adapters (peft) of rank `rank` to every attention and feed-forward projection, in place."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    if rank < 1:
-        raise ValueError(f"LoRA rank must be positive, got {rank}")
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=LORA_TARGETS)
-    inject_adapter_in_model(config, text_encoder)
-    for name, param in text_encoder.named_parameters():
-        param.requires_grad = "lora_" in name
-
-
-def _encoder_layers(text_encoder: torch.nn.Module) -> list[torch.nn.Module]:
-    encoder = getattr(text_encoder, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
-        raise ValueError("encoder_tuning top:N needs a BERT-style encoder with encoder.layer")
-    return list(layers)
 
 
 def stored_state_dict(model: torch.nn.Module, image_info: ImageBackboneInfo | None) -> dict[str, torch.Tensor]:

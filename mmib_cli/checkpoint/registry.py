@@ -147,6 +147,31 @@ def parse_entry(name: str, entry: Any, *, base_dir: Path | None = None, where: s
         InvalidCheckpoint: a required key is missing, the source is unknown, or a value has the wrong type.
     """
     where = f"{where} entry {name!r}"
+    source = _check_shape(name, entry, where)
+    _check_strings(entry, source, where)
+    _check_location(entry, source, where)
+    _check_files(entry["files"], where)
+    _check_meta(entry, where)
+    return CheckpointSpec(
+        name=name,
+        source=source,
+        repo_id=entry.get("repo_id") if source == "hub" else None,
+        revision=entry["revision"],
+        path=entry.get("path") if source == "embedded" else None,
+        files=dict(entry["files"]),
+        num_params=entry["num_params"],
+        _metrics={dataset: dict(values) for dataset, values in entry["_metrics"].items()},
+        license=entry["license"],
+        recipe=entry["recipe"],
+        _docs=entry["_docs"],
+        card=entry["card"],
+        base_dir=base_dir,
+        extra={key: value for key, value in entry.items() if key not in _KNOWN_KEYS},
+    )
+
+
+def _check_shape(name: Any, entry: Any, where: str) -> str:
+    """A valid name, an object with every required key and a known source; returns the source."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(where, "names use letters, digits, '.', '_', '-' only (no '/' or '@', which denote hub ids)")
     if not isinstance(entry, dict):
@@ -158,12 +183,21 @@ def parse_entry(name: str, entry: Any, *, base_dir: Path | None = None, where: s
     missing += [key for key in SOURCE_KEYS[source] if key not in entry]
     if missing:
         raise _fail(where, f"missing key(s) {', '.join(missing)}")
+    return source
+
+
+def _check_strings(entry: dict[str, Any], source: str, where: str) -> None:
+    """Descriptive keys are non-empty strings; `revision` and `card` may be null."""
     for key in (*SOURCE_KEYS[source], "license", "recipe", "_docs"):
         if not isinstance(entry[key], str) or not entry[key]:
             raise _fail(where, f"{key!r} must be a non-empty string, got {entry[key]!r}")
     for key in ("revision", "card"):
         if entry[key] is not None and (not isinstance(entry[key], str) or not entry[key]):
             raise _fail(where, f"{key!r} must be a non-empty string or null, got {entry[key]!r}")
+
+
+def _check_location(entry: dict[str, Any], source: str, where: str) -> None:
+    """Hub entries pin a revision of an `org/name` repo; embedded paths stay inside the registry directory."""
     if source == "hub":
         if entry["revision"] is None:
             raise _fail(where, "hub entries must pin a 'revision' (a commit hash or tag)")
@@ -174,7 +208,10 @@ def parse_entry(name: str, entry: Any, *, base_dir: Path | None = None, where: s
             safe_relpath(entry["path"])
         except ValueError as exc:
             raise _fail(where, f"'path': {exc}") from None
-    files = entry["files"]
+
+
+def _check_files(files: Any, where: str) -> None:
+    """`files` maps safe relative paths to sha256 hex digests."""
     if not isinstance(files, dict):
         raise _fail(where, "'files' must map relative paths to sha256 hex digests")
     for relpath, digest in files.items():
@@ -184,6 +221,10 @@ def parse_entry(name: str, entry: Any, *, base_dir: Path | None = None, where: s
             raise _fail(where, f"'files': {exc}") from None
         if not isinstance(digest, str) or not _SHA256_RE.match(digest):
             raise _fail(where, f"'files'[{relpath!r}] must be 64 lowercase hex digits, got {digest!r}")
+
+
+def _check_meta(entry: dict[str, Any], where: str) -> None:
+    """`num_params` is a count (or null) and `_metrics` maps dataset → {metric: number}."""
     num_params = entry["num_params"]
     if num_params is not None and (not isinstance(num_params, int) or isinstance(num_params, bool) or num_params < 0):
         raise _fail(where, f"'num_params' must be a non-negative integer or null, got {num_params!r}")
@@ -194,22 +235,6 @@ def parse_entry(name: str, entry: Any, *, base_dir: Path | None = None, where: s
         for values in metrics.values()
     ):
         raise _fail(where, "'_metrics' must map dataset → {metric: number}")
-    return CheckpointSpec(
-        name=name,
-        source=source,
-        repo_id=entry.get("repo_id") if source == "hub" else None,
-        revision=entry["revision"],
-        path=entry.get("path") if source == "embedded" else None,
-        files=dict(files),
-        num_params=num_params,
-        _metrics={dataset: dict(values) for dataset, values in metrics.items()},
-        license=entry["license"],
-        recipe=entry["recipe"],
-        _docs=entry["_docs"],
-        card=entry["card"],
-        base_dir=base_dir,
-        extra={key: value for key, value in entry.items() if key not in _KNOWN_KEYS},
-    )
 
 
 def load_registry(path: str | Path | None = None) -> dict[str, CheckpointSpec]:

@@ -37,7 +37,6 @@ __all__ = [
     "load_image",
     "normalize_pixels",
     "open_rgb",
-    "preprocess_image",
     "read_image_file",
     "resize_size",
     "resolve_image_path",
@@ -330,20 +329,6 @@ def normalize_pixels(pixels: torch.Tensor, *, mean: Sequence[float], std: Sequen
     """uint8 pixels ``(..., 3, S, S)`` to float32 in 0..1, normalised per channel (one image or a whole batch)."""
     tensor = TF.to_dtype(pixels, torch.float32, scale=True)
     return TF.normalize(tensor, mean=[float(m) for m in mean], std=[float(s) for s in std]).contiguous()
-
-
-def preprocess_image(
-    im: Image.Image, *, image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """``crop_image`` then ``normalize_pixels``: a ``(3, S, S)`` float32 tensor.
-
-    Args:
-        im: an RGB image.
-        image_size: side ``S`` of the output square.
-        mean: per-channel mean (3 values, 0..1 scale).
-        std: per-channel standard deviation (3 values).
-    """
-    return normalize_pixels(crop_image(im, image_size=image_size), mean=mean, std=std)
 
 
 def load_image(

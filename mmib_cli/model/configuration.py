@@ -130,6 +130,11 @@ class MMIBConfig:
         entity_markers: RE only: the four tokens inserted before/after the head and the tail (opaque here; see
             ``features.Featurizer``). Default the ``[unused0..3]`` pieces.
         encoder_tuning: how training treats the text encoder (opaque here, e.g. ``"full"``). Default ``"full"``.
+        relation_temperature: RE only: calibration temperature ``T`` applied to the relation probabilities at
+            inference (``softmax(logits / T)``), fitted on a validation split so that scores read as precision.
+            Default 1.0 (uncalibrated); never changes the predicted label.
+        relation_min_score: RE only: the default ``--min-score`` of ``annotate --relations`` / ``relations`` for
+            this checkpoint (a score in [0, 1] picked for a precision target), or None for the package default (0).
 
     Raises:
         ValueError: from ``__post_init__`` when a value is out of range or inconsistent; the message quotes it.
@@ -163,6 +168,8 @@ class MMIBConfig:
     stride: int = 32
     encoder_tuning: str = "full"
     entity_markers: list[str] = field(default_factory=lambda: ["[unused0]", "[unused1]", "[unused2]", "[unused3]"])
+    relation_temperature: float = 1.0
+    relation_min_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -231,6 +238,16 @@ class MMIBConfig:
             _check_depth(name, getattr(self, name))
         if not isinstance(self.encoder_tuning, str) or not self.encoder_tuning:
             raise ValueError(f"encoder_tuning must be a non-empty string, got {_short(self.encoder_tuning)}")
+        self._validate_relation_decoding()
+
+    def _validate_relation_decoding(self) -> None:
+        temperature, min_score = self.relation_temperature, self.relation_min_score
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not (math.isfinite(temperature) and 0.01 <= temperature <= 100.0)):
+            raise ValueError(f"relation_temperature must be a number in [0.01, 100], got {_short(temperature)}")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not 0.0 <= min_score <= 1.0):
+            raise ValueError(f"relation_min_score must be a score in [0, 1] or null, got {_short(min_score)}")
 
     # ------------------------------------------------------------------ derived values
     @property

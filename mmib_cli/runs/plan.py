@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MIN_SCORE, DEFAULT_MODEL,
+from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PAIRS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
                               Command, DType, Engine, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, UsageError
 from mmib_cli.io.jsonl import input_base_dir
@@ -73,9 +73,16 @@ class RelationSettings:
     """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
 
     pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float = DEFAULT_MIN_SCORE
+    min_score: float | None = None  # None: the RE checkpoint's `relation_min_score`, else DEFAULT_MIN_SCORE
     keep_none: bool = False
     type_constraints: bool = True
+    max_pairs: int = DEFAULT_MAX_PAIRS  # most ordered pairs scored per post (nearest first); 0 = no cap
+
+    def __post_init__(self) -> None:
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {self.min_score!r}")
+        if isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, int) or self.max_pairs < 0:
+            raise ValueError(f"max_pairs must be an integer >= 0 (0: no cap), got {self.max_pairs!r}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,8 @@ class RunOptions:
     model: str = DEFAULT_MODEL
     relations: bool = False
     pair: bool = False
-    min_score: float = DEFAULT_MIN_SCORE
+    min_score: float | None = None  # None: the RE checkpoint's relation_min_score, else DEFAULT_MIN_SCORE
+    max_pairs: int = DEFAULT_MAX_PAIRS
     keep_none: bool = False
     type_constraints: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -231,7 +239,8 @@ class RunOptions:
     def relation_settings(self) -> RelationSettings:
         """Relation options: `annotate --relations` classifies every found pair, `relations` the given ones."""
         return RelationSettings(pair=self.pair or self.task == Command.ANNOTATE, min_score=self.min_score,
-                                keep_none=self.keep_none, type_constraints=self.type_constraints)
+                                keep_none=self.keep_none, type_constraints=self.type_constraints,
+                                max_pairs=self.max_pairs)
 
     def prepare_fields(self) -> dict[str, Any]:
         """`PrepareSettings` fields except the image size (the model's): relative images resolve against the

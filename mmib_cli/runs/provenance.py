@@ -21,8 +21,8 @@ from mmib_cli.runs.plan import RunOptions, is_uri
 
 __all__ = ["ModelInfo", "ResumeMismatch", "RunFingerprint", "describe_model", "run_info_path"]
 
-OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "keep_none", "type_constraints", "on_missing_image",
-                  "image_root", "id_field", "text_field", "image_field", "shard", "dtype")
+OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "max_pairs", "keep_none", "type_constraints",
+                  "on_missing_image", "image_root", "id_field", "text_field", "image_field", "shard", "dtype")
 """The options whose value changes an output line (batch size, workers, device and limit do not)."""
 _BLOCK = 1 << 20
 

@@ -1,0 +1,68 @@
+"""How training treats the text encoder (`MMIBConfig.encoder_tuning`): full, frozen, top layers or LoRA adapters.
+
+Pure torch (+ peft for LoRA): it only sets `requires_grad` and injects adapter modules, in place.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+LORA_TARGETS = ["query", "key", "value", "dense"]
+"""Names of the BERT projections that receive LoRA adapters (attention and feed-forward)."""
+
+
+def apply_encoder_tuning(text_encoder: nn.Module, tuning: str) -> None:
+    """Set `requires_grad` on the text encoder, in place.
+
+    Args:
+        text_encoder: the BERT-style encoder.
+        tuning: `full`, `frozen`, `top:N` (last N layers; embeddings frozen) or `lora:R` (rank-R LoRA adapters on
+            every projection, base frozen).
+
+    Raises:
+        ValueError: an unknown setting, or `top:N` beyond the encoder's layer count.
+    """
+    if tuning == "full":
+        return
+    for param in text_encoder.parameters():
+        param.requires_grad = False
+    if tuning == "frozen":
+        return
+    if tuning.startswith("lora:"):
+        inject_lora(text_encoder, int(tuning.split(":", 1)[1]))
+        return
+    if tuning.startswith("top:"):
+        layers = encoder_layers(text_encoder)
+        count = int(tuning.split(":", 1)[1])
+        if not 0 < count <= len(layers):
+            raise ValueError(f"encoder_tuning {tuning!r}: the text encoder has {len(layers)} layers")
+        for layer in layers[len(layers) - count:]:
+            for param in layer.parameters():
+                param.requires_grad = True
+        return
+    raise ValueError(f"unknown encoder_tuning {tuning!r}: use full, frozen, top:N or lora:R")
+
+
+def inject_lora(text_encoder: nn.Module, rank: int) -> None:
+    """Add LoRA adapters (peft) of rank `rank` to every attention and feed-forward projection, in place; only the
+    adapters stay trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, text_encoder)
+    for name, param in text_encoder.named_parameters():
+        param.requires_grad = "lora_" in name
+
+
+def encoder_layers(text_encoder: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a BERT-style encoder (`encoder.layer`).
+
+    Raises:
+        ValueError: the encoder has no `encoder.layer`.
+    """
+    encoder = getattr(text_encoder, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ValueError("encoder_tuning top:N needs a BERT-style encoder with encoder.layer")
+    return list(layers)
