@@ -150,7 +150,9 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @cli.command()
 @click.argument("task", type=choice(ModelTask))
 @click.option("--train", "train_files", multiple=True, required=True, help="Training file(s); repeat to combine.")
-@click.option("--valid", "valid_files", multiple=True, required=True, help="Validation file(s) for model selection.")
+@click.option("--valid", "valid_files", multiple=True,
+              help="Validation file(s) for model selection (with a Label Studio export: the benchmark scored before "
+                   "and after).")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--text-encoder", default="minilm-l6", show_default=True,
               help="minilm-l6, a local HF directory or a hub id.")
@@ -173,19 +175,38 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of python, numpy and torch.")
 @click.option("--max-train", type=click.IntRange(1), default=None, help="Use only the first N training examples.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/last/ if present.")
+@click.option("--init", default=None, metavar="CHECKPOINT",
+              help="Continue training from a checkpoint (directory, registry name such as mmib-default, or hub "
+                   "id; a bundle gives its TASK part): its adapters, heads and MMIB layers are the start.")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
               help="DataLoader worker processes (image decoding).")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="(Label Studio export) Fraction of the reviewed posts held out to score before/after and to "
+                   "select the epoch on (seeded by --seed).")
+@click.option("--use-predictions", is_flag=True,
+              help="(Label Studio export) Also train on the predictions of tasks nobody annotated.")
 @device_options
 @click.pass_obj
-def train(obj: dict, task: str, **options: Any) -> None:
+def train(obj: dict, task: str, holdout: float, use_predictions: bool, **options: Any) -> None:
     """Train an MMIB checkpoint for NER or RE, selecting the best epoch on the valid split.
 
-    Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17
+    A --train file that is a Label Studio JSON export (see mmib export) fine-tunes the --init checkpoint on the
+    reviewed corrections and reports scores before and after.
+
+    Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17;
+    mmib train ner --init mmib-default --train export.json --valid t17/valid.txt -o ckpt/corrected
     """
+    from mmib_cli.finetune import finetune, wants_finetune
     from mmib_cli.train import TrainOptions, train as run_training
 
     opts = _run(TrainOptions.from_cli, task=task, **options)
-    result = _run(run_training, opts)
+    if wants_finetune(opts.train_files):
+        result = _run(finetune, opts, holdout=holdout, use_predictions=use_predictions)
+    elif not opts.valid_files:
+        raise click.UsageError("--valid is required (it selects the epoch), except when training on a Label Studio "
+                               "export")
+    else:
+        result = _run(run_training, opts)
     click.echo(json.dumps(result.summary(), indent=2))
 
 

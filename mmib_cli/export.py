@@ -24,13 +24,14 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
+from mmib_cli.errors import UsageError
 from mmib_cli.io.outputs import read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.report import LABEL_COLOURS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportFormat", "ExportOptions", "ExportResult", "ImageRefs", "conll_lines", "export", "label_config",
+__all__ = ["ExportFormat", "ExportOptions", "ExportResult", "ImageRefs", "conll_block_of", "export", "label_config",
            "label_studio_task", "model_relation_labels"]
 
 ENTITY_LABELS = ("PER", "LOC", "ORG", "MISC")
@@ -58,7 +59,7 @@ class ImageRefs:
 
     def __post_init__(self) -> None:
         if self.url_prefix and self.local_files_root:
-            raise ValueError("give either --image-url-prefix or --local-files-root, not both")
+            raise UsageError("give either --image-url-prefix or --local-files-root, not both")
 
     def reference(self, image: Any) -> str:
         """`data.image` for an output record's image field ("" when the post has none or it cannot be referenced).
@@ -165,16 +166,17 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
                                            "score": min(scores) if scores else 1.0, "result": result}]}
 
 
-def conll_lines(record: dict[str, Any]) -> list[str]:
-    """One annotated record as CoNLL lines: `IMGID:<photo stem>` when it has a photo, then `word<TAB>tag`."""
+def conll_block_of(record: dict[str, Any]) -> str:
+    """One annotated record in the CoNLL layout `mmib train ner` reads (`IMGID:<photo stem>` when it has a photo)."""
+    from mmib_cli.data.conll import ConllSentence
+    from mmib_cli.data.writers import conll_block
+
     tokens, tags = record.get("tokens") or [], record.get("bio") or []
     if len(tokens) != len(tags):
         raise ValueError(f"line {record.get('line')}: {len(tokens)} tokens but {len(tags)} BIO tags")
-    lines = [f"IMGID:{Path(record['image']).stem}"] if isinstance(record.get("image"), str) else []
-    for token, tag in zip(tokens, tags):
-        word = token.get("text") if isinstance(token, dict) else str(token)
-        lines.append(f"{''.join(word.split()) or '_'}\t{tag}")
-    return lines
+    words = [str(t.get("text", "")) if isinstance(t, dict) else str(t) for t in tokens]
+    image = Path(record["image"]).stem if isinstance(record.get("image"), str) else None
+    return conll_block(ConllSentence(words, list(tags), image, int(record.get("line") or 0)))
 
 
 def export(opts: ExportOptions) -> ExportResult:
@@ -197,7 +199,11 @@ def export(opts: ExportOptions) -> ExportResult:
             left_out += 1
             continue
         if fmt is ExportFormat.CONLL:
-            items.append("\n".join(conll_lines(record)) + "\n")
+            try:
+                items.append(conll_block_of(record))
+            except ValueError as exc:  # a damaged record: left out and counted, the rest is still exported
+                logger.warning("%s; left out", exc)
+                left_out += 1
             continue
         try:
             image = refs.reference(record.get("image"))
@@ -206,7 +212,7 @@ def export(opts: ExportOptions) -> ExportResult:
             logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
             image = ""
         items.append(label_studio_task(record, image=image))
-    text = "\n".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
+    text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
     write_text_output(opts.output, text, force=opts.force)
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,
                 left_out)

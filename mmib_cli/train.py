@@ -47,6 +47,7 @@ class TrainOptions:
     seed: int = 0
     max_train: int | None = None
     resume: bool = False
+    init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
     num_workers: int = 0
     device: str = DEFAULT_DEVICE
     dtype: DType = DType.AUTO
@@ -149,6 +150,10 @@ def train(opts: TrainOptions) -> TrainResult:
     if resuming:
         loaded = load_model(last_dir, device="cpu", for_inference=False)
         loaded.model.train()
+    elif opts.init:
+        loaded = load_init_model(opts.init, opts.task, opts.config)
+        logger.info("starting from %s (%s)", opts.init, loaded.directory)
+        loaded.model.train()
     else:
         image_spec = parse_image_encoder(opts.image_encoder)
         if opts.images and not Path(opts.images).is_dir():
@@ -230,6 +235,38 @@ def train(opts: TrainOptions) -> TrainResult:
             break
     return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],
                        time.perf_counter() - start)
+
+
+def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = None) -> LoadedModel:
+    """Load the `task` part of a checkpoint to continue training from it (`mmib train --init`).
+
+    Args:
+        spec: a checkpoint directory, a bundle directory, a registry name (`mmib-default`) or a hub id.
+        task: "ner" or "re": which part of a bundle to take; a single-task checkpoint must be of this task.
+        overrides: `--config` values; none may change a model started with --init.
+
+    Returns:
+        The model with its trainable parameters (adapters, heads, MMIB layers) as stored, ready for training.
+
+    Raises:
+        ValueError: the checkpoint has no `task` part, is a checkpoint of the other task, or overrides are given.
+    """
+    from mmib_cli.checkpoint.resolve import resolve_model
+    from mmib_cli.checkpoint.serialization import read_bundle, read_config
+
+    directory = resolve_model(spec).path
+    bundle = read_bundle(directory)
+    if bundle is not None:
+        if task not in bundle:
+            raise UsageError(f"--init {spec}: the bundle has no {task} part (it has {', '.join(sorted(bundle))})")
+        directory = bundle[task]
+    found = read_config(directory).get("task")
+    if found != task:
+        raise UsageError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
+    if overrides:
+        raise UsageError(f"--config {', '.join(sorted(overrides))}: a model started with --init keeps its "
+                         "checkpoint's architecture")
+    return load_model(directory, device="cpu", for_inference=False)
 
 
 def _save(loaded: LoadedModel, out: Path, opts: TrainOptions) -> None:
