@@ -9,7 +9,7 @@ Ray Data stages:
 2. annotate: `RayAnnotator` actors (model loaded once per actor, optionally a GPU each) run the local pipeline's
    `prepare` + `Annotator.process` on each batch and return `{"line": int, "record": output line bytes}`;
 3. write: tasks write `OUTPUT_DIR/part-<first line>.jsonl` shards (each sorted by line, bytes exactly as
-   `mmib_cli.io.jsonl.dumps_line`), through a temporary name so a shard with its final name is complete, and
+   `mmib_cli.io.writer.encode_record`), through a temporary name so a shard with its final name is complete, and
    return their counts, which add up to the same `RunSummary` as the local pipeline.
 
 The union of the shards is the local pipeline's output (sort by `line` to get input order).
@@ -33,8 +33,9 @@ import numpy as np
 
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
 from mmib_cli.errors import MMIBError, OutputExists, OutputWriteError, UsageError
-from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, dumps_line, read_lines
+from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, read_lines
 from mmib_cli.io.lock import OutputLock
+from mmib_cli.io.writer import encode_record
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, marker_from_json
 from mmib_cli.runs import RunOptions, RunSummary, is_uri
 from mmib_cli.signals import Interrupted, interruptible
@@ -147,7 +148,7 @@ class RayAnnotator:
                  for line, record, error in zip(batch["line"], batch["record"], batch["error"])]
         records = self.annotator.process(chunk, self.mode, self.relation_settings)
         return {"line": np.array([int(r["line"]) for r in records], dtype=np.int64),
-                "record": np.array([dumps_line(r) for r in records], dtype=object)}
+                "record": np.array([encode_record(r)[0] for r in records], dtype=object)}
 
 
 def encode_line(line: int, value: dict[str, Any] | ErrorRecord | SkippedRecord) -> dict[str, Any]:

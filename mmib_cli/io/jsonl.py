@@ -24,14 +24,14 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Union
 
 import jsonlines
 
 from mmib_cli.errors import InputUnreadable
-from mmib_cli.io.records import ErrorRecord, SkippedRecord, post_id
+from mmib_cli.io.records import ErrorRecord, SkippedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -292,10 +292,8 @@ def dumps_line(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> bytes
     """Encode one record as a compact UTF-8 JSON line ending in ``\\n`` (deterministic, insertion key order).
 
     The line is always strict JSON. Strings that cannot be encoded as UTF-8 (lone surrogates from ``\\ud800``
-    escapes in the input) are written with ASCII escapes instead. An output record (one with an integer ``line``)
-    that cannot be written as strict JSON (a NaN score from a broken model, a non-JSON value) is replaced by the
-    error record of its line, type ``UnserializableRecord``, so the run keeps one line per input line (a dict
-    ``record`` is replaced by that error record in place, so run summaries count what was written).
+    escapes in the input) are written with ASCII escapes instead. ``mmib_cli.io.writer.encode_record`` turns a
+    record that cannot be encoded into the error record of its line.
 
     Args:
         record: a JSON-serialisable mapping, an ``ErrorRecord`` or a ``SkippedRecord``.
@@ -304,23 +302,10 @@ def dumps_line(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> bytes
         The encoded line.
 
     Raises:
-        ValueError: a record without an integer ``line`` holds NaN/Infinity. TypeError: it holds a non-JSON value.
+        ValueError: the record holds NaN/Infinity. TypeError: it holds a non-JSON value.
     """
     obj = record.to_json() if isinstance(record, (ErrorRecord, SkippedRecord)) else record
-    try:
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (ValueError, TypeError, RecursionError) as exc:
-        line = obj.get("line") if isinstance(obj, Mapping) else None
-        if not isinstance(line, int) or isinstance(line, bool):
-            raise
-        logger.warning("line %d: the output record is not strict JSON (%s: %s); writing an error record instead",
-                       line, type(exc).__name__, exc)
-        error = ErrorRecord(post_id(obj, line), line, "UnserializableRecord",
-                            f"line {line}: the annotation cannot be written as JSON ({type(exc).__name__}: {exc})")
-        if isinstance(obj, MutableMapping):  # so that whoever counts the records written counts an error
-            obj.clear()
-            obj.update(error.to_json())
-        return dumps_line(error)
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         return (text + "\n").encode("utf-8")
     except UnicodeEncodeError:

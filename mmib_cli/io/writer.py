@@ -28,7 +28,7 @@ from mmib_cli.io.records import ErrorRecord, PostId, SkippedRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AtomicJSONLWriter", "OutputClosed", "OutputWriteError", "partial_path"]
+__all__ = ["AtomicJSONLWriter", "OutputClosed", "OutputWriteError", "encode_record", "partial_path"]
 
 FLUSH_BYTES = 1 << 20
 """Records are pushed to the OS at `flush()` or once this many bytes are waiting."""
@@ -70,6 +70,29 @@ def _load_done(partial: Path) -> dict[int, PostId]:
         with open(partial, "r+b") as f:
             f.truncate(keep)
     return done
+
+
+def encode_record(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> tuple[bytes, Mapping[str, Any]]:
+    """Encode one output record as its line (`dumps_line`); one that cannot be encoded as JSON (a value nested too
+    deep, an object JSON does not know) becomes the error record of its line instead, so no line is lost.
+
+    Returns:
+        (the line, the record it encodes as a dict).
+
+    Raises:
+        TypeError, ValueError: the record has no `"line"` to report the error for.
+    """
+    try:
+        return dumps_line(record), (record.to_json() if isinstance(record, (ErrorRecord, SkippedRecord)) else record)
+    except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(record, (ErrorRecord, SkippedRecord)) or "line" not in record:
+            raise
+        line = record["line"]
+        logger.warning("line %s: the output record is not strict JSON (%s: %s); writing an error record instead",
+                       line, type(exc).__name__, exc)
+        error = ErrorRecord(record.get("id", line), line, "UnserializableRecord",
+                            f"line {line}: the output record cannot be written as JSON ({type(exc).__name__}: {exc})")
+        return dumps_line(error), error.to_json()
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -233,16 +256,17 @@ class AtomicJSONLWriter:
         """Queue one record as one line (pushed to the OS by `flush`, or once FLUSH_BYTES are waiting).
 
         Returns:
-            What was written, as a dict: the record, or the error record of its line when it is not strict JSON
-            (`dumps_line` replaces it in place).
+            What was written: the record, or the error record of its line when it cannot be encoded
+            (`encode_record`).
         """
         if self._closed:
             raise ValueError("writer is closed")
-        self._buffer += dumps_line(record)
+        data, written = encode_record(record)
+        self._buffer += data
         self._written += 1
         if len(self._buffer) >= FLUSH_BYTES:
             self.flush()
-        return record.to_json() if isinstance(record, (ErrorRecord, SkippedRecord)) else record
+        return written
 
     def flush(self) -> None:
         """Push the queued lines to the OS (complete lines only).
