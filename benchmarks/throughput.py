@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,8 +55,8 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
     """Every forward batch the pipeline would run on `posts_path`, as device tensors; also posts and chunks."""
     import torch
 
+    from mmib_cli import inference
     from mmib_cli.annotate import Prepared
-    from mmib_cli.inference import length_batches
 
     loaded = annotator.ner
     device = annotator.device
@@ -71,9 +72,12 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
             for w in ws:
                 w.post = k
                 flat.append(w)
-        for idx in length_batches(flat, annotator.batch_size, annotator.max_tokens):
+        for idx in inference.length_batches(flat, annotator.batch_size, annotator.max_tokens,
+                                            loaded.featurizer.max_length):
             rows = [flat[i] for i in idx]
-            batch = loaded.featurizer.collate(rows, "ner")
+            length = getattr(inference, "padded_length", lambda n, cap: None)(len(rows[0].input_ids),
+                                                                            loaded.featurizer.max_length)
+            batch = loaded.featurizer.collate(rows, "ner", length=length)
             images = [posts[w.post].pixels for w in rows]
             if loaded.image_info is not None and any(p is not None for p in images):
                 size = loaded.image_info.image_size
@@ -145,7 +149,7 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
     """The annotator `mmib annotate` would load; `optimized=False` skips `optimize_for_inference` (the "before")."""
     from unittest import mock
 
-    from mmib_cli import annotate
+    from mmib_cli import annotate, inference
 
     def load() -> Any:
         return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
@@ -153,8 +157,68 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
 
     if optimized:
         return load()
-    with mock.patch.object(annotate, "optimize_for_inference", lambda loaded: None):
+    with mock.patch.object(inference, "optimize_for_inference", lambda loaded: None):  # imported when loading
         return load()
+
+
+def _legacy_length_batches(windows, batch_size: int, max_tokens: int, max_length: int | None = None) -> list:
+    """The batching before issue 14: sorted by length, cut by size and padded tokens, padded to the batch's longest."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+    batches, current = [], []
+    for i in order:
+        length = len(windows[i].input_ids)
+        if current and (len(current) >= batch_size or length * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def _legacy_forward(model, featurizer, rows, task, pixel_values, image_present, device):
+    """The forward before issue 14: padded to the batch's longest window, a lone row run alone."""
+    from mmib_cli import inference
+
+    batch = inference._to(featurizer.collate(rows, task), device)
+    batch.update(inference._images_for(rows, pixel_values, image_present, device))
+    return model(**batch).logits
+
+
+@contextmanager
+def legacy_batching() -> Iterator[None]:
+    """Run the block with the batch-dependent batching that preceded issue 14 (for `--invariance`)."""
+    from unittest import mock
+
+    from mmib_cli import inference
+
+    with mock.patch.object(inference, "length_batches", _legacy_length_batches), \
+            mock.patch.object(inference, "_forward", _legacy_forward), \
+            mock.patch.object(inference, "make_batch_invariant", lambda model: None):
+        yield
+
+
+def invariance_cost(annotator: Any, ckpt: Path, posts: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Batch-invariant batching (current) against the batching before issue 14, alternated adjacent pipeline runs.
+
+    Both annotators are loaded by the same code; "legacy" patches `length_batches`, `_forward` and
+    `make_batch_invariant` back to the batch-dependent versions (sorted lengths, batch-longest padding, plain
+    linear layers, one backbone call for all photos of a batch).
+    """
+    with legacy_batching():
+        legacy = load_annotator(ckpt, args)
+    runs = []
+    for r in range(args.repeat):
+        pair = {}
+        for which in (("legacy", "invariant") if r % 2 == 0 else ("invariant", "legacy")):
+            if which == "legacy":
+                with legacy_batching():
+                    pair[which] = time_pipeline(legacy, posts, work, args)
+            else:
+                pair[which] = time_pipeline(annotator, posts, work, args)
+        runs.append(pair)
+    del legacy
+    med = statistics.median
+    return {"legacy_s": med(r["legacy"] for r in runs), "invariant_s": med(r["invariant"] for r in runs),
+            "slowdown": med(r["invariant"] / r["legacy"] for r in runs), "runs": runs}
 
 
 def before_after(annotator: Any, ckpt: Path, posts: Path, batches: list[dict], work: Path,
@@ -223,6 +287,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile else None
     main_runs = paired(profile=profile)
     before = before_after(annotator, ckpt, posts, batches, work, args) if args.before else None
+    invariance = invariance_cost(annotator, ckpt, posts, work, args) if args.invariance else None
     sweep = []
     if args.sweep and kind == "default":
         for threads, workers in args.sweep:
@@ -232,7 +297,8 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
               "pipeline_posts_s": count / main_runs["pipeline_s"], "ratio": main_runs["ratio"],
               "runs": main_runs["runs"],
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-              "chunk": chunk_size(args), "chunks": chunks, "sweep": sweep, "before": before}
+              "chunk": chunk_size(args), "chunks": chunks, "sweep": sweep, "before": before,
+              "invariance": invariance}
     return result
 
 
@@ -265,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", action="store_true",
                         help="also time the earlier defaults (no optimize_for_inference, 4-batch chunks, 1 CPU "
                              "worker) against the current code, alternated in the same run")
+    parser.add_argument("--invariance", action="store_true",
+                        help="also time the pipeline with the batch-dependent batching that preceded issue 14 "
+                             "(legacy) against the current batch-invariant one, alternated in the same run")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     import logging
@@ -312,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['posts'] / r['before']['pipeline_before_s']:.1f}",
                       f"{r['posts'] / r['before']['pipeline_after_s']:.1f}",
                       f"{r['before']['pipeline_speedup']:.2f}x") for r in results if r["before"]]))
+    if any(r["invariance"] for r in results):
+        print("\n## batch-invariant batching vs the batch-dependent batching before it (same run, alternated)\n")
+        print(table(["model", "pipeline posts/s legacy", "invariant", "invariant/legacy time"],
+                    [(r["model"], f"{r['posts'] / r['invariance']['legacy_s']:.1f}",
+                      f"{r['posts'] / r['invariance']['invariant_s']:.1f}", f"{r['invariance']['slowdown']:.3f}")
+                     for r in results if r["invariance"]]))
     if results[0]["sweep"]:
         bound_threads = results[0]["threads"]
         print(f"\n## torch threads x pipeline workers (default model; bound at {bound_threads} threads)\n")

@@ -16,7 +16,7 @@ from mmib_cli.checkpoint.model_io import LoadedModel
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
                               DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
-from mmib_cli.inference import predict_ner, predict_re
+from mmib_cli.inference import NERPrediction, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
 from mmib_cli.postprocess import PairSelection, bio_to_entities, relations_from_scores, select_pairs
 from mmib_cli.runs.plan import PrepareSettings, RelationSettings
@@ -290,24 +290,27 @@ class Annotator:
         info = loaded.image_info
         if info is None:
             return None, None
-        pixels, present = stack_images([p.pixels for p in posts], info.image_size)
+        # one image at a time: an image's floats never depend on the other posts of the chunk
+        images = [normalize_pixels(p.pixels, mean=info.mean, std=info.std)
+                  if p.pixels is not None and p.pixels.dtype == torch.uint8 else p.pixels for p in posts]
+        pixels, present = stack_images(images, info.image_size)
         if pixels is None:
             return None, None
-        if pixels.dtype == torch.uint8:
-            pixels = normalize_pixels(pixels, mean=info.mean, std=info.std)
-            pixels[~present] = 0
         return pixels.to(next(loaded.model.parameters()).dtype), present
 
-    def _run_ner(self, posts: Sequence[Prepared], entities: dict[int, list], bio: dict[int, list[str]]) -> None:
+    def _ner_predictions(self, posts: Sequence[Prepared]) -> list[NERPrediction]:
+        """Tags and tag probabilities of each post (each a function of its post alone, whatever the batching)."""
         loaded = self.ner
         windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in posts])
         for k, ws in enumerate(windows):
             for w in ws:
                 w.post = k
         pixels, present = self._pixels(posts, loaded)
-        predictions = predict_ner(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
-                                  pixel_values=pixels, image_present=present)
-        for post, pred in zip(posts, predictions):
+        return predict_ner(loaded, windows, batch_size=self.batch_size, max_tokens=self.max_tokens,
+                           pixel_values=pixels, image_present=present)
+
+    def _run_ner(self, posts: Sequence[Prepared], entities: dict[int, list], bio: dict[int, list[str]]) -> None:
+        for post, pred in zip(posts, self._ner_predictions(posts)):
             bio[id(post)] = pred.tags
             entities[id(post)] = bio_to_entities(post.tokens, pred.tags, post.post.text, pred.tag_scores)
 

@@ -219,9 +219,15 @@ class Featurizer:
         return lo, hi
 
     # -- tensors --------------------------------------------------------------------------------------------
-    def collate(self, windows: Sequence[Window], task: str) -> dict[str, torch.Tensor]:
-        """Pad windows into a batch dict (see docs/ARCHITECTURE.md for keys and shapes)."""
-        length = max(len(w.input_ids) for w in windows)
+    def collate(self, windows: Sequence[Window], task: str, length: int | None = None) -> dict[str, torch.Tensor]:
+        """Pad windows into a batch dict (see docs/ARCHITECTURE.md for keys and shapes).
+
+        `length` pads every row to that many pieces (at least the longest window); default: the longest window.
+        """
+        longest = max(len(w.input_ids) for w in windows)
+        if length is not None and length < longest:
+            raise ValueError(f"cannot pad windows of up to {longest} pieces to {length}")
+        length = length or longest
         batch = len(windows)
         input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
         attention = torch.zeros((batch, length), dtype=torch.long)

@@ -27,20 +27,61 @@ class NERPrediction:
     tag_scores: list[float]
 
 
-def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int) -> list[list[int]]:
-    """Indices of `windows` grouped into batches of similar length (sorted, then cut by size and padded tokens)."""
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+LENGTH_STEP = 8
+"""Windows are padded to a multiple of this many pieces that depends only on their own length (see `padded_length`)."""
+
+ROW_ALIGN = 4
+"""Every linear layer multiplies a multiple of this many rows (see `RowAlignedLinear`)."""
+
+IMAGE_BATCH = 4
+"""The image backbone always runs on this many images per call (see `FixedImageBatches`)."""
+
+
+def padded_length(pieces: int, max_length: int) -> int:
+    """Pieces a window of `pieces` pieces is padded to, whatever else is in its batch.
+
+    The next multiple of `LENGTH_STEP` strictly above `pieces` (so every row has a padded position, and attention
+    always takes the masked path), capped at `max_length`, the longest window the featurizer makes.
+    """
+    return max(pieces, min((pieces // LENGTH_STEP + 1) * LENGTH_STEP, max_length))
+
+
+def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int,
+                   max_length: int | None = None) -> list[list[int]]:
+    """Indices of `windows` grouped into batches whose rows share one padded length (`padded_length`).
+
+    A window's padded length (and whether it is padded at all) depends only on the window, so the forward pass sees
+    the same input row whatever its batch mates; batches are cut at `batch_size` rows and `max_tokens` padded pieces.
+    Groups come shortest first, windows in input order within a group.
+    """
+    cap = max_length or max((len(w.input_ids) for w in windows), default=0)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, w in enumerate(windows):
+        n = len(w.input_ids)
+        length = padded_length(n, cap)
+        groups.setdefault((length, length == n), []).append(i)
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        length = len(windows[i].input_ids)
-        if current and (len(current) >= batch_size or length * (len(current) + 1) > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    for (length, _), members in sorted(groups.items()):
+        rows = max(1, min(batch_size, max_tokens // length))
+        batches.extend(members[k: k + rows] for k in range(0, len(members), rows))
     return batches
+
+
+def _forward(model, featurizer, rows: Sequence[Window], task: str, pixel_values: torch.Tensor | None,
+             image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Logits of `rows` (one batch of `length_batches`), padded to their shared `padded_length`.
+
+    A lone row is run with a text-only copy of itself as a second row: CPU batched matmuls round a batch of one
+    differently from any larger batch (the same row's emissions came out 1e-7 apart), while 2 to 64 rows agree.
+    """
+    padded = list(rows) + [rows[0]] * (len(rows) == 1)
+    length = padded_length(len(rows[0].input_ids), featurizer.max_length)
+    batch = _to(featurizer.collate(padded, task, length=length), device)
+    images = _images_for(padded, pixel_values, image_present, device)
+    if images and len(padded) > len(rows):
+        images["image_present"][len(rows):] = False  # the copy needs no photo: its output is dropped
+    batch.update(images)
+    return model(**batch).logits[: len(rows)]
 
 
 def _images_for(rows: Sequence[Window], pixel_values: torch.Tensor | None,
@@ -66,11 +107,9 @@ def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_s
     labels = model.config.labels
     flat = [w for windows in windows_per_post for w in windows]
     rows_out: list[torch.Tensor | None] = [None] * len(flat)
-    for idx in length_batches(flat, batch_size, max_tokens):
-        rows = [flat[i] for i in idx]
-        batch = _to(featurizer.collate(rows, "ner"), device)
-        batch.update(_images_for(rows, pixel_values, image_present, device))
-        emissions = model(**batch).logits.float().cpu()
+    for idx in length_batches(flat, batch_size, max_tokens, featurizer.max_length):
+        emissions = _forward(model, featurizer, [flat[i] for i in idx], "ner", pixel_values, image_present,
+                             device).float().cpu()
         for k, i in enumerate(idx):
             rows_out[i] = emissions[k, : len(flat[i].word_index)]
     merged: list[torch.Tensor] = []
@@ -131,11 +170,9 @@ def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = DEFAULT_B
     model, featurizer = loaded.model, loaded.featurizer
     device = next(model.parameters()).device
     probs = torch.zeros((len(windows), len(model.config.labels)))
-    for idx in length_batches(windows, batch_size, max_tokens):
-        rows = [windows[i] for i in idx]
-        batch = _to(featurizer.collate(rows, "re"), device)
-        batch.update(_images_for(rows, pixel_values, image_present, device))
-        logits = model(**batch).logits.float()
+    for idx in length_batches(windows, batch_size, max_tokens, featurizer.max_length):
+        logits = _forward(model, featurizer, [windows[i] for i in idx], "re", pixel_values, image_present,
+                          device).float()
         probs[torch.tensor(idx)] = torch.softmax(logits, dim=-1).cpu()
     return probs
 
@@ -148,6 +185,7 @@ def optimize_for_inference(loaded) -> None:
       symmetric "same" zero padding is moved into the convolution itself; the result is checked against the
       unchanged backbone on a probe image and dropped if it differs.
     * On CPU the image backbone runs in channels-last memory format (faster oneDNN convolutions).
+    * `make_batch_invariant`: a row's result no longer depends on the rows batched with it.
 
     Measured on CPU (benchmarks/README.md): EfficientNet-Lite0 and ResNet-50 1.7x and 2.4x faster, text encoder
     about 15% faster. The model must not be trained or saved afterwards (BatchNorm layers become Identity).
@@ -162,15 +200,70 @@ def optimize_for_inference(loaded) -> None:
             if isinstance(module, LoraLayer) and not module.merged:
                 module.merge()
     backbone = getattr(model, "image_backbone", None)
-    if backbone is None or loaded.image_info is None:
-        return
-    param = next(backbone.parameters(), None)
-    if param is None:
-        return
-    if param.dtype == torch.float32:
-        model.image_backbone = _folded(backbone, loaded.image_info.image_size, param.device)
-    if param.device.type == "cpu":
-        model.image_backbone.to(memory_format=torch.channels_last)
+    param = next(backbone.parameters(), None) if backbone is not None and loaded.image_info is not None else None
+    if param is not None:
+        if param.dtype == torch.float32:
+            model.image_backbone = _folded(backbone, loaded.image_info.image_size, param.device)
+        if param.device.type == "cpu":
+            model.image_backbone.to(memory_format=torch.channels_last)
+    make_batch_invariant(model)
+
+
+class RowAlignedLinear(nn.Linear):
+    """`nn.Linear` that always multiplies a multiple of `ROW_ALIGN` rows (zero rows are added, then dropped).
+
+    CPU GEMM kernels (MKL) give a row a different rounding when the number of rows, or a thread's share of them, is
+    not a multiple of 4: the same post's visual tokens (5 rows per window) or relation pair came out 1e-7 apart with
+    different batch mates. With the row count a multiple of 4 the result of each row was bit-identical for every
+    row count and position tried (1 to 4096 rows, 1 to 16 threads; tests/test_batch_invariance.py).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Linear's
+        features = x.shape[-1]
+        rows = x.numel() // features if features else 0
+        extra = -rows % ROW_ALIGN
+        if not extra:
+            return super().forward(x)
+        flat = x.reshape(rows, features)
+        out = super().forward(torch.cat([flat, flat.new_zeros((extra, features))]))
+        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+
+
+class FixedImageBatches(nn.Module):
+    """Runs a wrapped image backbone on exactly `IMAGE_BATCH` images per call (the last call padded with blank ones).
+
+    Multi-threaded oneDNN convolutions round an image differently depending on how many images share the call, but
+    not on where it sits in a call of a fixed size; one image per call would be about 4x slower on CPU.
+    """
+
+    def __init__(self, backbone: nn.Module, size: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.size = size or IMAGE_BATCH
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # noqa: D102 - the wrapped backbone's
+        count = pixel_values.size(0)
+        extra = -count % self.size
+        if extra:
+            pixel_values = torch.cat([pixel_values, pixel_values.new_zeros((extra, *pixel_values.shape[1:]))])
+        out = [self.backbone(pixel_values[i: i + self.size]) for i in range(0, pixel_values.size(0), self.size)]
+        return torch.cat(out)[:count]
+
+
+def make_batch_invariant(model: nn.Module) -> None:
+    """Make each row of an inference forward a function of that row alone (with `length_batches` / `_forward`).
+
+    Linear layers become `RowAlignedLinear`, and the image backbone always sees `IMAGE_BATCH` images per call. The
+    text encoder's attention and the MMIB attention blocks are row-independent as long as every row of a batch has
+    the same padded length (`length_batches`) and a batch has at least two rows (`_forward`). Idempotent; for
+    inference only.
+    """
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = RowAlignedLinear
+    backbone = getattr(model, "image_backbone", None)
+    if backbone is not None and not isinstance(backbone, FixedImageBatches):
+        model.image_backbone = FixedImageBatches(backbone)
 
 
 def _folded(backbone: nn.Module, image_size: int, device: torch.device) -> nn.Module:
