@@ -178,6 +178,9 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--init", default=None, metavar="CHECKPOINT",
               help="Continue training from a checkpoint (directory, registry name such as mmib-default, or hub "
                    "id; a bundle gives its TASK part): its adapters, heads and MMIB layers are the start.")
+@click.option("--reverse-pairs/--no-reverse-pairs", default=False, show_default=True,
+              help="(re) Add every training pair reversed: asymmetric relations as None, symmetric ones with "
+                   "their label.")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
               help="DataLoader worker processes (image decoding).")
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
@@ -235,6 +238,26 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
     click.echo(render_metrics(metrics))
     if output_json:
         _run(write_metrics, metrics, output_json)
+
+
+@cli.command()
+@click.option("-m", "--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="RE checkpoint directory, or a bundle directory (its re/ part); config.json is updated.")
+@click.option("--data", "data_files", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Labelled MNRE file(s) to calibrate on: the valid split, never the test split.")
+@click.option("--precision", "target", type=click.FloatRange(0, 100), default=80.0, show_default=True,
+              help="Precision (%) that relation_min_score must reach on --data.")
+@click.option("--reverse-pairs/--no-reverse-pairs", default=True, show_default=True,
+              help="Also score the annotated pairs read backwards (pair enumeration produces both directions).")
+def calibrate(model: str, data_files: tuple[str, ...], target: float, reverse_pairs: bool) -> None:
+    """Fit an RE checkpoint's relation_temperature and pick relation_min_score for a precision target.
+
+    Example: mmib calibrate -m ckpt/re --data mnre/valid.txt --precision 80
+    """
+    from mmib_cli.calibration import calibrate_checkpoint
+
+    result = _run(calibrate_checkpoint, model, data_files, precision=target, reverse_pairs=reverse_pairs)
+    click.echo(json.dumps(result, indent=2))
 
 
 @cli.command()

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
-from mmib_cli.errors import MMIBError, OutputExists, UsageError
+from mmib_cli.errors import MMIBError, OutputExists, OutputWriteError, UsageError
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, read_lines
 from mmib_cli.io.lock import OutputLock
-from mmib_cli.io.writer import OutputWriteError, encode_record
+from mmib_cli.io.writer import encode_record
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, marker_from_json
 from mmib_cli.runs import RunOptions, RunSummary, is_uri
 from mmib_cli.signals import Interrupted, interruptible

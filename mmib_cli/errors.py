@@ -69,5 +69,23 @@ class OutputExists(MMIBError):
     exit_code = ExitCode.USAGE
 
 
+class ResumeMismatch(OutputExists):
+    """`--resume` on an output made from another input, model or options (see `OUTPUT.run.json`)."""
+
+
+class OutputLocked(MMIBError):
+    """Another run holds the lock of this output (`OUTPUT.lock`)."""
+
+
+class OutputWriteError(MMIBError):
+    """Writing the output failed (full disk, I/O error); complete lines are kept for `--resume`."""
+
+
+class OutputClosed(MMIBError):
+    """The reader of stdout went away (`mmib annotate ... -o - | head -1`): the run stops quietly."""
+
+    exit_code = ExitCode.BROKEN_PIPE
+
+
 class DataFormatError(MMIBError):
     """A training or evaluation data file does not follow its format."""

@@ -11,11 +11,12 @@ from typing import Any, Sequence
 
 import torch
 
-from mmib_cli.text import word_shape
+from mmib_cli.text import SYMBOL_SHAPE, word_shape
 
 MARKERS = ("[unused0]", "[unused1]", "[unused2]", "[unused3]")  # <s> </s> <o> </o> around head and tail
 PUNCT_MARKERS = ("<", ">", "[", "]")  # pretrained punctuation pieces: distinct, trained embeddings
 MAX_PIECES_PER_WORD = 16  # only the first piece is labelled; the rest is context
+HASHTAG = "#"
 
 
 @dataclass
@@ -42,10 +43,13 @@ class Featurizer:
         stride: pieces of overlap between consecutive NER windows.
         markers: RE tokens inserted before/after the head and before/after the tail (`MARKERS` or
             `PUNCT_MARKERS`; the [unused] pieces of uncased BERT vocabularies were never trained and look alike).
+        hashtag_words: read a one-word `#name` as the words `#` and `name` would be read: its label sits on
+            the first piece of `name` and its `#` pieces get the symbol shape, so the input does not depend on
+            whether an upstream tokenizer split the hashtag (`MMIBConfig.hashtag_words`).
     """
 
     def __init__(self, tokenizer: Any, *, max_length: int = 128, stride: int = 32,
-                 markers: Sequence[str] = MARKERS) -> None:
+                 markers: Sequence[str] = MARKERS, hashtag_words: bool = False) -> None:
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {max_length}")
         if not 0 <= stride < max_length // 2:
@@ -62,11 +66,30 @@ class Featurizer:
         self.marker_ids = [tokenizer.convert_tokens_to_ids(m) for m in markers]
         if any(i is None or i == self.unk_id for i in self.marker_ids):
             raise ValueError(f"tokenizer vocab lacks the marker tokens {tuple(markers)}")
+        hash_id = tokenizer.convert_tokens_to_ids(HASHTAG) if hashtag_words else None
+        self.hash_id = None if hash_id == self.unk_id else hash_id
+
+    def prefix_pieces(self, word: str, pieces: Sequence[int]) -> int:
+        """How many leading pieces of `word` are its hashtag signs (0 unless `hashtag_words`; at least one
+        piece, the label's, is always left)."""
+        if self.hash_id is None or not word.startswith(HASHTAG) or not word.lstrip(HASHTAG):
+            return 0  # not a hashtag, or only signs ('#', '##')
+        count = 0
+        while count < len(pieces) - 1 and pieces[count] == self.hash_id:
+            count += 1
+        return count
+
+    def piece_shapes(self, word: str, pieces: Sequence[int]) -> tuple[int, list[int]]:
+        """(index of the labelled piece, shape id of each piece) of one word."""
+        prefix = self.prefix_pieces(word, pieces)
+        shape = word_shape(word[prefix:] if prefix else word)
+        return prefix, [SYMBOL_SHAPE] * prefix + [shape] * (len(pieces) - prefix)
 
     @classmethod
     def from_config(cls, tokenizer: Any, config: Any) -> "Featurizer":
-        """The featurizer an `MMIBConfig` asks for (its `max_length`, `stride` and `entity_markers`)."""
-        return cls(tokenizer, max_length=config.max_length, stride=config.stride, markers=config.entity_markers)
+        """The featurizer an `MMIBConfig` asks for (its `max_length`, `stride`, `entity_markers`, `hashtag_words`)."""
+        return cls(tokenizer, max_length=config.max_length, stride=config.stride, markers=config.entity_markers,
+                   hashtag_words=getattr(config, "hashtag_words", False))
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
@@ -97,15 +120,15 @@ class Featurizer:
         result: list[list[Window]] = []
         for post, (words, pieces) in enumerate(zip(words_batch, self.word_pieces(words_batch))):
             pieces = [p[:budget] for p in pieces]
-            shapes = [word_shape(w) for w in words]
+            layouts = [self.piece_shapes(word, p) for word, p in zip(words, pieces)]
             tags = tags_batch[post] if tags_batch is not None else None
             windows = []
             for start, end in self._spans(pieces, budget):
                 ids, shape_ids, index = [self.cls_id], [0], []
                 for w in range(start, end):
-                    index.append(len(ids))
+                    index.append(len(ids) + layouts[w][0])
                     ids.extend(pieces[w])
-                    shape_ids.extend([shapes[w]] * len(pieces[w]))
+                    shape_ids.extend(layouts[w][1])
                 ids.append(self.sep_id)
                 shape_ids.append(0)
                 windows.append(Window(ids, shape_ids, index, start, len(words),
@@ -148,7 +171,6 @@ class Featurizer:
         all_pieces = self.word_pieces([words for words, _, _ in items])
         windows = []
         for k, ((words, head, tail), pieces) in enumerate(zip(items, all_pieces)):
-            shapes = [word_shape(w) for w in words]
             lo, hi = self._re_word_range(pieces, head, tail)
             kept = list(range(lo, hi))
             budget = self.max_length - 6
@@ -170,7 +192,7 @@ class Featurizer:
                         ids.append(self.marker_ids[marker])
                         shape_ids.append(0)
                 ids.extend(pieces[w])
-                shape_ids.extend([shapes[w]] * len(pieces[w]))
+                shape_ids.extend(self.piece_shapes(words[w], pieces[w])[1])
                 for marker, last in ((1, head_words[-1]), (3, tail_words[-1])):
                     if w == last:
                         ids.append(self.marker_ids[marker])

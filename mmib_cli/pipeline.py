@@ -24,19 +24,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmib_cli.annotate import Annotator, prepare
 from mmib_cli.choices import Engine
 from mmib_cli.console import Progress
-from mmib_cli.errors import ExitCode, MMIBError
+from mmib_cli.errors import ExitCode, InputUnreadable, MMIBError, OutputClosed
 from mmib_cli.io.jsonl import is_stream_input, read_lines
 from mmib_cli.io.records import ErrorRecord, post_id
-from mmib_cli.io.writer import AtomicJSONLWriter, OutputClosed
+from mmib_cli.io.writer import AtomicJSONLWriter
 from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions, RunSummary
 from mmib_cli.runs.provenance import ModelInfo, RunFingerprint, describe_model, run_info_path
 from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
-
-
-class InputFailed(MMIBError):
-    """Reading or preparing the input failed mid-run (an I/O error, a worker process that died)."""
 
 
 class _ChunkSource(IterableDataset):
@@ -264,7 +260,8 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iter
     """The prepared chunks in input order; a failure of the reader or of a worker process ends the run.
 
     Raises:
-        InputFailed: reading or preparing the input failed (an I/O error, a worker that died).
+        InputUnreadable: reading or preparing the input failed (an I/O error, a worker that died); the complete
+            lines are kept in `OUTPUT.partial`.
     """
     chunks = _chunks(source, workers)
     while True:
@@ -272,12 +269,10 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iter
             chunk = next(chunks)
         except StopIteration:
             return
-        except MMIBError:
-            raise
         except Exception as exc:  # noqa: BLE001 - any reader/worker failure is fatal, never a silent loss
             logger.debug("reading the input failed", exc_info=True)
             writer.abort()
-            raise InputFailed(f"reading {source.opts.input_path} failed ({type(exc).__name__}: {exc}); "
-                              f"{_kept(writer)}") from exc
+            reason = exc if isinstance(exc, MMIBError) else f"{type(exc).__name__}: {exc}"
+            raise InputUnreadable(f"reading {source.opts.input_path} failed ({reason}); {_kept(writer)}") from exc
         yield _unpack(chunk, source.settings)
 

@@ -6,6 +6,7 @@ import unicodedata
 from typing import NamedTuple
 
 NUM_WORD_SHAPES = 8  # keep equal to mmib_cli.model.configuration.NUM_WORD_SHAPES
+SYMBOL_SHAPE = 7  # word_shape of a word with no letter or digit
 
 # Order matters: URLs first (trailing sentence punctuation is not part of them), then runs of letters/digits/
 # underscore, then any single other visible character (punctuation, apostrophe, hyphen, '@', '#', emoji). This matches
@@ -81,7 +82,7 @@ def word_shape(word: str) -> int:
     if any(ch.isdigit() for ch in word):
         return 6
     if not letters:
-        return 7
+        return SYMBOL_SHAPE
     if all(ch.islower() for ch in letters):
         return 1
     if all(ch.isupper() for ch in letters):

@@ -15,13 +15,18 @@ from torch.utils.data import DataLoader
 from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
 from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
-from mmib_cli.data.datasets import WindowDataset, make_collate, read_examples
-from mmib_cli.device import resolve_device
+from mmib_cli.data.datasets import Examples, WindowDataset, make_collate, read_examples
+from mmib_cli.device import resolve_device, resolve_dtype
 from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
 from mmib_cli.errors import UsageError
 from mmib_cli.evaluate import score_examples
+from mmib_cli.features import Featurizer
 
 logger = logging.getLogger(__name__)
+
+LAST_DIR = "last"  # OUTPUT/last/: the latest epoch's model and trainer state, for --resume
+LOSS_KEYS = ("loss", "task_loss", "kl_text", "kl_image", "ar_loss")
+INIT_OVERRIDES = frozenset({"hashtag_words", "max_length", "stride"})  # featurisation only: no tensor changes
 
 
 @dataclass
@@ -48,6 +53,7 @@ class TrainOptions:
     max_train: int | None = None
     resume: bool = False
     init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
+    reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
     num_workers: int = 0
     device: str = DEFAULT_DEVICE
     dtype: DType = DType.AUTO
@@ -114,7 +120,7 @@ def make_config(opts: TrainOptions, *, images_found: bool):
     values: dict[str, Any] = dict(task=opts.task, hidden_size=hidden,
                                   image_feature_dim=info.feature_dim if info else 1,
                                   use_image=info is not None, trained_with_images=bool(images_found and info),
-                                  text_encoder=text_spec, image_encoder=image_spec)
+                                  text_encoder=text_spec, image_encoder=image_spec, hashtag_words=True)
     values.update(opts.config)
     try:
         return MMIBConfig(**values)
@@ -139,21 +145,48 @@ def _optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimi
 
 def train(opts: TrainOptions) -> TrainResult:
     """Train one task; the best epoch on the valid split is saved to `opts.output` (never selected on test)."""
-    from transformers import get_linear_schedule_with_warmup
-
     start = time.perf_counter()
     out = Path(opts.output)
-    last_dir = out / "last"
     seed_everything(opts.seed)
     device = resolve_device(opts.device)
-    resuming = opts.resume and (last_dir / "config.json").is_file()
+    resuming = opts.resume and (out / LAST_DIR / "config.json").is_file()
+    loaded = _starting_model(opts, resuming)
+    train_set, valid_set = _read_splits(opts, loaded)
+    if not resuming and loaded.model.config.trained_with_images and train_set.images_found == 0:
+        # no training post has its picture there: the image path would stay untrained, so never use it
+        logger.warning("no training image found in %s: training text-only", opts.images)
+        loaded.model.config.trained_with_images = False
+    loader = _train_loader(opts, loaded, train_set)
+    loaded.model.to(device)
+    optimizer = _optimizer(loaded.model, opts)
+    scheduler = _scheduler(optimizer, opts, len(loader))
+    state = _initial_state(out, optimizer, scheduler) if resuming else _fresh_state()
+    precision = _AutocastPlan.for_run(opts.dtype, device)
+    for epoch in range(state["epoch"] + 1, opts.epochs + 1):
+        seed_everything(opts.seed + epoch)
+        loader.generator.manual_seed(opts.seed + epoch)
+        totals = _train_epoch(loaded.model, loader, optimizer, scheduler, precision, opts, epoch, device)
+        loaded.model.eval()
+        metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
+        _record_epoch(state, epoch, totals, len(loader), metrics, time.perf_counter() - start)
+        if state["best_epoch"] == epoch:
+            _save(loaded, out, opts)
+        _write_metrics(out, state)
+        _save_last(loaded, out / LAST_DIR, optimizer, scheduler, state)
+        if state["bad_epochs"] >= opts.patience:
+            logger.info("early stop: no valid improvement for %d epochs", opts.patience)
+            break
+    return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],
+                       time.perf_counter() - start)
+
+
+def _starting_model(opts: TrainOptions, resuming: bool) -> LoadedModel:
+    """The model training starts from: OUTPUT/last/ (--resume), an --init checkpoint, or a freshly built one."""
     if resuming:
-        loaded = load_model(last_dir, device="cpu", for_inference=False)
-        loaded.model.train()
+        loaded = load_model(Path(opts.output) / LAST_DIR, device="cpu", for_inference=False)
     elif opts.init:
         loaded = load_init_model(opts.init, opts.task, opts.config)
         logger.info("starting from %s (%s)", opts.init, loaded.directory)
-        loaded.model.train()
     else:
         image_spec = parse_image_encoder(opts.image_encoder)
         if opts.images and not Path(opts.images).is_dir():
@@ -161,80 +194,8 @@ def train(opts: TrainOptions) -> TrainResult:
         images_found = bool(opts.images and any(Path(opts.images).iterdir()))
         config = make_config(opts, images_found=images_found and image_spec["source"] != "none")
         loaded = build_model(config, load_image_backbone=config.trained_with_images)
-    model = loaded.model
-    labels = model.config.labels
-    train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
-                              limit=opts.max_train)
-    valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
-    logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
-                len(train_set.gold), len(valid_set.gold), train_set.images_found)
-    if not resuming and model.config.trained_with_images and train_set.images_found == 0:
-        # no training post has its picture there: the image path would stay untrained, so never use it
-        logger.warning("no training image found in %s: training text-only", opts.images)
-        model.config.trained_with_images = False
-    image_info = loaded.image_info if model.config.trained_with_images else None
-    generator = torch.Generator().manual_seed(opts.seed)
-    loader = DataLoader(WindowDataset(train_set, image_info), batch_size=opts.batch_size, shuffle=True,
-                        generator=generator, num_workers=opts.num_workers,
-                        collate_fn=make_collate(loaded.featurizer, opts.task,
-                                                image_info.image_size if image_info else None))
-    model.to(device)
-    optimizer = _optimizer(model, opts)
-    steps = max(1, opts.epochs * len(loader) // opts.grad_accum)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(opts.warmup_ratio * steps), steps)
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "history": [], "bad_epochs": 0}
-    if resuming:
-        saved = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state.update(json.loads((last_dir / "trainer_state.json").read_text()))
-        if "best_valid" not in state and (out / "metrics.json").is_file():  # trainer state of an older mmib
-            state["best_valid"] = json.loads((out / "metrics.json").read_text()).get("valid")
-        logger.info("resuming after epoch %d (best valid F1 %.2f)", state["epoch"], state["best_f1"])
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    for epoch in range(state["epoch"] + 1, opts.epochs + 1):
-        seed_everything(opts.seed + epoch)
-        generator.manual_seed(opts.seed + epoch)
-        model.train()
-        totals = {"loss": 0.0, "task_loss": 0.0, "kl_text": 0.0, "kl_image": 0.0, "ar_loss": 0.0}
-        with Progress(f"epoch {epoch}/{opts.epochs}", total=len(loader)) as progress:
-            for step, batch in enumerate(loader, 1):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    output = model(**batch)
-                scaler.scale(output.loss / opts.grad_accum).backward()
-                if step % opts.grad_accum == 0 or step == len(loader):
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for key in totals:
-                    value = getattr(output, key)
-                    totals[key] += float(value.detach()) if value is not None else 0.0
-                progress.advance()
-        model.eval()
-        metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
-        record = {"epoch": epoch, **{k: round(v / max(1, len(loader)), 5) for k, v in totals.items()},
-                  "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
-                  "valid_recall": metrics["recall"], "seconds": round(time.perf_counter() - start, 1)}
-        state["history"].append(record)
-        logger.info("epoch %d: %s", epoch, json.dumps(record))
-        improved = metrics["f1"] > state["best_f1"]
-        if improved:
-            state.update(best_f1=metrics["f1"], best_epoch=epoch, bad_epochs=0, best_valid=metrics)
-            _save(loaded, out, opts)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        _write_metrics(out, state)
-        _save_last(loaded, last_dir, optimizer, scheduler, state)
-        if state["bad_epochs"] >= opts.patience:
-            logger.info("early stop: no valid improvement for %d epochs", opts.patience)
-            break
-    return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],
-                       time.perf_counter() - start)
+    loaded.model.train()
+    return loaded
 
 
 def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = None) -> LoadedModel:
@@ -243,13 +204,15 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
     Args:
         spec: a checkpoint directory, a bundle directory, a registry name (`mmib-default`) or a hub id.
         task: "ner" or "re": which part of a bundle to take; a single-task checkpoint must be of this task.
-        overrides: `--config` values; none may change a model started with --init.
+        overrides: `--config` values; only the featurisation settings `INIT_OVERRIDES` may change, the rest of
+            the architecture is the checkpoint's.
 
     Returns:
         The model with its trainable parameters (adapters, heads, MMIB layers) as stored, ready for training.
 
     Raises:
-        ValueError: the checkpoint has no `task` part, is a checkpoint of the other task, or overrides are given.
+        UsageError: the checkpoint has no `task` part, is a checkpoint of the other task, or an override
+            touches the architecture.
     """
     from mmib_cli.checkpoint.resolve import resolve_model
     from mmib_cli.checkpoint.serialization import read_bundle, read_config
@@ -263,10 +226,122 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
     found = read_config(directory).get("task")
     if found != task:
         raise UsageError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
+    fixed = sorted(set(overrides or {}) - INIT_OVERRIDES)
+    if fixed:
+        raise UsageError(f"--config {', '.join(fixed)}: a model started with --init keeps its checkpoint's "
+                         f"architecture; only {', '.join(sorted(INIT_OVERRIDES))} may change")
+    loaded = load_model(directory, device="cpu", for_inference=False)
     if overrides:
-        raise UsageError(f"--config {', '.join(sorted(overrides))}: a model started with --init keeps its "
-                         "checkpoint's architecture")
-    return load_model(directory, device="cpu", for_inference=False)
+        config = type(loaded.model.config).from_dict({**loaded.model.config.to_dict(), **overrides})  # validated
+        loaded.model.config = config
+        loaded.featurizer = Featurizer.from_config(loaded.featurizer.tokenizer, config)
+    return loaded
+
+
+def _read_splits(opts: TrainOptions, loaded: LoadedModel) -> tuple[Examples, Examples]:
+    """Featurised train and valid examples (train: with the RE pair augmentation when asked)."""
+    labels = loaded.model.config.labels
+    train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
+                              limit=opts.max_train, reverse_pairs=opts.reverse_pairs)
+    valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
+    logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
+                len(train_set.gold), len(valid_set.gold), train_set.images_found)
+    return train_set, valid_set
+
+
+def _train_loader(opts: TrainOptions, loaded: LoadedModel, train_set: Examples) -> DataLoader:
+    """Shuffled training batches; the loader's generator is reseeded every epoch."""
+    image_info = loaded.image_info if loaded.model.config.trained_with_images else None
+    return DataLoader(WindowDataset(train_set, image_info), batch_size=opts.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(opts.seed), num_workers=opts.num_workers,
+                      collate_fn=make_collate(loaded.featurizer, opts.task,
+                                              image_info.image_size if image_info else None))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, batches: int):
+    """Linear warm-up over `warmup_ratio` of the optimizer steps, then linear decay to 0."""
+    from transformers import get_linear_schedule_with_warmup
+
+    steps = max(1, opts.epochs * batches // opts.grad_accum)
+    return get_linear_schedule_with_warmup(optimizer, int(opts.warmup_ratio * steps), steps)
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "history": [], "bad_epochs": 0}
+
+
+def _initial_state(out: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Trainer state of an interrupted run in OUTPUT/last/; restores the optimizer and scheduler in place."""
+    last_dir = out / LAST_DIR
+    saved = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    state = _fresh_state()
+    state.update(json.loads((last_dir / "trainer_state.json").read_text()))
+    if "best_valid" not in state and (out / "metrics.json").is_file():  # trainer state of an older mmib
+        state["best_valid"] = json.loads((out / "metrics.json").read_text()).get("valid")
+    logger.info("resuming after epoch %d (best valid F1 %.2f)", state["epoch"], state["best_f1"])
+    return state
+
+
+@dataclass(frozen=True)
+class _AutocastPlan:
+    """Mixed precision of the forward pass (`--dtype`): autocast dtype, or None for float32."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @classmethod
+    def for_run(cls, spec: str | DType, device: torch.device) -> "_AutocastPlan":
+        """`auto`: half precision on CUDA, float32 elsewhere; float16/bfloat16 autocast on any device."""
+        dtype = resolve_dtype(spec, device)
+        return cls(device.type, None if dtype == torch.float32 else dtype)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling, needed for float16 on CUDA only."""
+        return torch.amp.GradScaler("cuda", enabled=self.device_type == "cuda" and self.dtype == torch.float16)
+
+
+def _train_epoch(model, loader: DataLoader, optimizer, scheduler, precision: _AutocastPlan, opts: TrainOptions,
+                 epoch: int, device: torch.device) -> dict[str, float]:
+    """One pass over the training batches; returns the summed losses."""
+    model.train()
+    scaler = precision.scaler()
+    totals = dict.fromkeys(LOSS_KEYS, 0.0)
+    with Progress(f"epoch {epoch}/{opts.epochs}", total=len(loader)) as progress:
+        for step, batch in enumerate(loader, 1):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with precision.autocast():
+                output = model(**batch)
+            scaler.scale(output.loss / opts.grad_accum).backward()
+            if step % opts.grad_accum == 0 or step == len(loader):
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key in totals:
+                value = getattr(output, key)
+                totals[key] += float(value.detach()) if value is not None else 0.0
+            progress.advance()
+    return totals
+
+
+def _record_epoch(state: dict[str, Any], epoch: int, totals: dict[str, float], batches: int,
+                  metrics: dict[str, Any], seconds: float) -> None:
+    """Append the epoch to the history and update best/bad-epoch counters (best = higher valid F1)."""
+    record = {"epoch": epoch, **{k: round(v / max(1, batches), 5) for k, v in totals.items()},
+              "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
+              "valid_recall": metrics["recall"], "seconds": round(seconds, 1)}
+    state["history"].append(record)
+    logger.info("epoch %d: %s", epoch, json.dumps(record))
+    if metrics["f1"] > state["best_f1"]:
+        state.update(best_f1=metrics["f1"], best_epoch=epoch, bad_epochs=0, best_valid=metrics)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
 
 
 def _save(loaded: LoadedModel, out: Path, opts: TrainOptions) -> None:

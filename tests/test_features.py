@@ -216,3 +216,34 @@ def test_re_truncation_of_huge_entities_keeps_all_markers(featurizer):
 
 def test_markers_are_real_vocab_tokens(tokenizer, featurizer):
     assert tokenizer.convert_ids_to_tokens(featurizer.marker_ids) == list(MARKERS)
+
+
+# --------------------------------------------------------------------------------------------------- hashtags
+def test_hashtag_word_reads_like_the_split_words(tokenizer):
+    """With hashtag_words, `#Darwin` gives the input of `#` + `Darwin`: same pieces, label on `darwin`, shapes."""
+    featurizer = Featurizer(tokenizer, max_length=32, stride=4, hashtag_words=True)
+    joined = featurizer.encode_ner([["in", "#Darwin", "today"]])[0][0]
+    split = featurizer.encode_ner([["in", "#", "Darwin", "today"]])[0][0]
+    assert joined.input_ids == split.input_ids and joined.word_shape_ids == split.word_shape_ids
+    darwin = tokenizer.convert_tokens_to_ids("darwin")
+    assert joined.input_ids[joined.word_index[1]] == darwin == split.input_ids[split.word_index[2]]
+    assert joined.word_shape_ids[joined.word_index[1] - 1] == 7  # the '#' piece: symbol shape
+
+
+def test_hashtag_handling_is_off_for_old_checkpoints_and_leaves_other_words(tokenizer):
+    old = Featurizer(tokenizer, max_length=32, stride=4).encode_ner([["#Darwin"]])[0][0]
+    assert old.input_ids[old.word_index[0]] == tokenizer.convert_tokens_to_ids("#")
+    featurizer = Featurizer(tokenizer, max_length=32, stride=4, hashtag_words=True)
+    for words in (["#"], ["##"], ["@user"], ["c#"]):  # a lone '#' keeps its only pieces; handles are unchanged
+        window = featurizer.encode_ner([words])[0][0]
+        assert window.word_index == [1]
+    lone = featurizer.encode_ner([["##"]])[0][0]
+    assert lone.input_ids[1:-1] == [tokenizer.convert_tokens_to_ids("#")] * 2
+
+
+def test_hashtag_shapes_in_re_windows(tokenizer):
+    featurizer = Featurizer(tokenizer, max_length=32, stride=4, markers=("<", ">", "[", "]"), hashtag_words=True)
+    window = featurizer.encode_re(["#Darwin", "is", "in", "Australia"], (0, 1), (3, 4))
+    hash_id = tokenizer.convert_tokens_to_ids("#")
+    position = window.input_ids.index(hash_id)
+    assert window.word_shape_ids[position] == 7 and window.word_shape_ids[position + 1] == 3  # '#', Title 'Darwin'

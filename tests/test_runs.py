@@ -126,3 +126,16 @@ def test_a_library_value_error_keeps_its_traceback_with_verbose(src, tmp_path, m
 def test_bad_option_values_are_usage_errors(src, tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["annotate", str(src), "-o", str(tmp_path / "o.jsonl"), *args])
     assert result.exit_code == 2 and "Usage:" in result.stderr and needle in result.stderr
+
+
+def test_fingerprint_names_the_image_root_however_it_is_spelled(src, tmp_path, monkeypatch):
+    from mmib_cli.runs.provenance import ModelInfo, RunFingerprint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pics").mkdir()
+    model = ModelInfo("m@1", frozenset({"ner"}), "sha256:0")
+    relative, absolute = (RunFingerprint.of(RunOptions(task="annotate", input_path=str(src), output="o.jsonl",
+                                                       image_root=root), model)
+                          for root in ("pics", str(tmp_path / "pics")))
+    assert relative == absolute and relative.input_bytes == src.stat().st_size
+

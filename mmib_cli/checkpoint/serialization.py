@@ -141,6 +141,17 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return data
 
 
+def update_config(directory: str | Path, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set some keys of a checkpoint's config.json (atomically); returns the new config.
+
+    Raises:
+        InvalidCheckpoint: see `read_config`.
+    """
+    config = {**read_config(directory), **values}
+    _write_json(Path(directory) / CONFIG_NAME, config)
+    return config
+
+
 def load_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a checkpoint directory written by `save_state` (safetensors only, never pickle).
 

@@ -1,11 +1,15 @@
-"""Reader for the Twitter-2015/2017 MNER files (CoNLL-style, one `IMGID:<id>` header per tweet).
+"""Reader for CoNLL-style NER files: Twitter-2015/2017 (MNER) and WNUT-17.
 
 Format (see shared/data/SOURCES.md §2): an `IMGID:<id>` line starts a tweet, then one `token<TAB>TAG` line per word,
 then a blank line. Twitter-2015 files do not end with a blank line (the last tweet ends at EOF); both are accepted.
+WNUT-17 files (SOURCES.md §6) have no header and end sentences with a line holding a lone tab.
 
 Normalisation done while reading:
 
 - `B-OTHER`/`I-OTHER` (Twitter-2015) become `B-MISC`/`I-MISC`, as MMIB's loader does.
+- WNUT-17 types map to the four MMIB types (`WNUT17_TYPES`): person → PER, location → LOC, corporation and group
+  → ORG (WNUT's groups are bands, teams, parties and agencies, which Twitter-2015/2017 tag ORG), product and
+  creative-work → MISC (Twitter-2015/2017's MISC holds products and titles of films, shows and songs).
 - With `fix_bio=True` (the default), an `I-X` tag that does not continue an entity of type X (at the start of a
   tweet, after `O` or after another type) is rewritten to `B-X`. This is the conlleval / seqeval default-mode reading
   of such tags, so entity counts and scores do not change; it only makes every tag sequence valid BIO for the CRF.
@@ -26,7 +30,16 @@ logger = logging.getLogger(__name__)
 
 IMGID_PREFIX = "IMGID:"
 ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
-_TAG_ALIASES = {"OTHER": "MISC"}
+WNUT17_TYPES = {
+    "person": "PER",
+    "location": "LOC",
+    "corporation": "ORG",
+    "group": "ORG",  # bands, sports teams, parties, agencies: organisations in Twitter-2015/2017
+    "product": "MISC",  # Twitter-2015/2017 MISC holds products (Guinness, SharePoint, NHL 17) ...
+    "creative-work": "MISC",  # ... and titles of films, shows and songs (American Sniper, 30 Rock)
+}
+"""WNUT-17 entity types → the four MMIB types (see the module docstring)."""
+_TAG_ALIASES = {"OTHER": "MISC", **WNUT17_TYPES}
 
 
 @dataclass
@@ -74,15 +87,69 @@ def fix_bio(tags: Sequence[str]) -> tuple[list[str], int]:
     return fixed, changed
 
 
+class _SentenceBuilder:
+    """Collects the lines of one sentence and turns them into a ConllSentence (BIO-fixed when asked)."""
+
+    def __init__(self, path: Path, fix_bio_tags: bool) -> None:
+        self.path = path
+        self.fix_bio_tags = fix_bio_tags
+        self.fixed_total = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.words: list[str] = []
+        self.tags: list[str] = []
+        self.image_id: str | None = None
+        self.start = 0  # line where the open sentence starts; 0 = none open
+
+    def open_header(self, image_id: str, lineno: int) -> None:
+        self.image_id, self.start = image_id, lineno
+
+    def add(self, word: str, tag: str, lineno: int) -> None:
+        if not self.start:
+            self.start = lineno
+        self.words.append(word)
+        self.tags.append(tag)
+
+    def close(self) -> ConllSentence | None:
+        """The open sentence (None when none is open); the builder is empty afterwards."""
+        if not self.start:
+            return None
+        if not self.words:
+            raise DataFormatError(f"{self.path}:{self.start}: 'IMGID:{self.image_id}' is followed by no token line")
+        tags = self.tags
+        if self.fix_bio_tags:
+            tags, changed = fix_bio(tags)
+            self.fixed_total += changed
+        sentence = ConllSentence(words=self.words, tags=tags, image_id=self.image_id, line=self.start)
+        self._reset()
+        return sentence
+
+
+def _parse_token_line(line: str, path: Path, lineno: int, labels: set[str]) -> tuple[str, str]:
+    """`token<TAB>TAG` → (token, normalised tag); a malformed line or an unknown tag is a DataFormatError."""
+    token, sep, tag = line.rpartition("\t")
+    if not sep or not token:
+        raise DataFormatError(f"{path}:{lineno}: expected 'token<TAB>TAG', got {line[:80]!r}")
+    norm = _normalise_tag(tag.strip())
+    if norm not in labels:
+        raise DataFormatError(
+            f"{path}:{lineno}: unknown tag {tag!r} (expected one of {', '.join(NER_LABELS)}, B-/I-OTHER, or a "
+            f"WNUT-17 type: {', '.join(WNUT17_TYPES)})"
+        )
+    return token, norm
+
+
 def iter_conll(path: str | Path, *, fix_bio_tags: bool = True) -> Iterator[ConllSentence]:
-    """Yield the tweets of a Twitter-2015/2017 CoNLL file one by one.
+    """Yield the sentences of a Twitter-2015/2017 or WNUT-17 CoNLL file one by one.
 
     Args:
-        path: the `.txt` file (UTF-8, LF or CRLF line endings; only LF ends a line).
+        path: the file (UTF-8, LF or CRLF line endings; only LF ends a line). A line of only whitespace (WNUT-17
+            writes a lone tab) ends a sentence like an empty one.
         fix_bio_tags: rewrite stray `I-X` tags to `B-X` (see the module docstring).
 
     Yields:
-        ConllSentence per tweet, in file order.
+        ConllSentence per sentence, in file order.
 
     Raises:
         DataFormatError: a line is not `token<TAB>TAG`, a tag is unknown, a header has no tokens, or the file is
@@ -91,66 +158,34 @@ def iter_conll(path: str | Path, *, fix_bio_tags: bool = True) -> Iterator[Conll
     """
     path = Path(path)
     labels = set(NER_LABELS)
-    words: list[str] = []
-    tags: list[str] = []
-    image_id: str | None = None
-    start = 0  # line where the open sentence starts; 0 = none open
-    fixed_total = 0
-
-    def close() -> ConllSentence | None:
-        nonlocal words, tags, image_id, start, fixed_total
-        if not start:
-            return None
-        if not words:
-            raise DataFormatError(f"{path}:{start}: 'IMGID:{image_id}' is followed by no token line")
-        out_tags = tags
-        if fix_bio_tags:
-            out_tags, changed = fix_bio(tags)
-            fixed_total += changed
-        sentence = ConllSentence(words=words, tags=out_tags, image_id=image_id, line=start)
-        words, tags, image_id, start = [], [], None, 0
-        return sentence
-
+    builder = _SentenceBuilder(path, fix_bio_tags)
     try:
         with path.open(encoding="utf-8-sig", newline="\n") as handle:
             for lineno, raw in enumerate(handle, start=1):
                 line = raw.rstrip("\r\n")
-                if not line.strip():
-                    sentence = close()
+                is_header = line.startswith(IMGID_PREFIX)
+                if not line.strip() or is_header:  # a header without a blank line before it still starts a tweet
+                    sentence = builder.close()
                     if sentence is not None:
                         yield sentence
+                    if is_header:
+                        builder.open_header(_header_image_id(line, path, lineno), lineno)
                     continue
-                if line.startswith(IMGID_PREFIX):
-                    sentence = close()  # a header without a blank line before it still starts a new tweet
-                    if sentence is not None:
-                        yield sentence
-                    image_id = line[len(IMGID_PREFIX):].strip()
-                    if not image_id:
-                        raise DataFormatError(f"{path}:{lineno}: empty IMGID header")
-                    start = lineno
-                    continue
-                token, sep, tag = line.rpartition("\t")
-                if not sep or not token:
-                    raise DataFormatError(
-                        f"{path}:{lineno}: expected 'token<TAB>TAG', got {line[:80]!r}"
-                    )
-                norm = _normalise_tag(tag.strip())
-                if norm not in labels:
-                    raise DataFormatError(
-                        f"{path}:{lineno}: unknown tag {tag!r} (expected one of {', '.join(NER_LABELS)}, "
-                        "or B-/I-OTHER)"
-                    )
-                if not start:
-                    start = lineno
-                words.append(token)
-                tags.append(norm)
-            sentence = close()  # Twitter-2015 files end without a blank line
+                builder.add(*_parse_token_line(line, path, lineno, labels), lineno)
+            sentence = builder.close()  # Twitter-2015 files end without a blank line
             if sentence is not None:
                 yield sentence
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    if fixed_total:
-        logger.debug("%s: %d I- tags without a preceding B- rewritten to B-", path, fixed_total)
+    if builder.fixed_total:
+        logger.debug("%s: %d I- tags without a preceding B- rewritten to B-", path, builder.fixed_total)
+
+
+def _header_image_id(line: str, path: Path, lineno: int) -> str:
+    image_id = line[len(IMGID_PREFIX):].strip()
+    if not image_id:
+        raise DataFormatError(f"{path}:{lineno}: empty IMGID header")
+    return image_id
 
 
 def read_conll(path: str | Path, *, fix_bio_tags: bool = True) -> list[ConllSentence]:

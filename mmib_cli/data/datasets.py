@@ -30,8 +30,12 @@ class Examples:
 
 
 def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer, labels: list[str], *,
-                  images: str | Path | None = None, limit: int | None = None) -> Examples:
-    """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`."""
+                  images: str | Path | None = None, limit: int | None = None,
+                  reverse_pairs: bool = False) -> Examples:
+    """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`.
+
+    `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances.
+    """
     label_id = {label: i for i, label in enumerate(labels)}
     if task == "ner":
         from mmib_cli.data.conll import image_path, read_conll
@@ -42,9 +46,14 @@ def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer
         paths = [image_path(s, images) if images else None for s in sentences]
         gold: list[Any] = [s.tags for s in sentences]
     else:
-        from mmib_cli.data.mnre import image_path, read_mnre
+        from mmib_cli.data.mnre import image_path, read_mnre, reversed_pairs
 
         instances = [x for f in files for x in read_mnre(f)][:limit]
+        if reverse_pairs:
+            added = reversed_pairs(instances)
+            logger.info("%d reversed pairs added (%d of them None)", len(added),
+                        sum(x.relation == "None" for x in added))
+            instances += added
         windows = featurizer.encode_re_batch([(x.words, x.head, x.tail) for x in instances],
                                              [label_id[x.relation] for x in instances])
         windows_per_post = [[w] for w in windows]

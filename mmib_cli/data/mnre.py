@@ -12,8 +12,8 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ from mmib_cli.errors import DataFormatError
 from mmib_cli.model.configuration import RE_LABELS
 
 logger = logging.getLogger(__name__)
+
+SYMMETRIC_RELATIONS = frozenset({"peer", "couple", "siblings", "neighbor", "alumi", "alternate_names"})
+"""Relation names (last path part of the label) that hold in both directions; `None` is symmetric too."""
 
 MAX_LINE_CHARS = 1_000_000  # longest real line is ~1 kB; refuse absurd ones before literal_eval sees them
 
@@ -216,3 +219,40 @@ def load_rel2id(path: str | Path) -> dict[str, int]:
             f"{path}: does not match the {len(RE_LABELS)} MMIB relation labels: {'; '.join(problems)}"
         )
     return dict(mapping)
+
+
+def is_symmetric(relation: str) -> bool:
+    """Whether `relation` (an MNRE label) holds in both directions: `None` and the `SYMMETRIC_RELATIONS`."""
+    return relation == "None" or relation.rsplit("/", 1)[-1] in SYMMETRIC_RELATIONS
+
+
+def reversed_pairs(instances: Sequence[MNREInstance]) -> list[MNREInstance]:
+    """The annotated pairs read the other way round, labelled by what the label set says about that direction.
+
+    - A symmetric relation (`peer`, `couple`, ...) keeps its label: the model should say the same both ways.
+    - An asymmetric relation between entities of one type (`/loc/loc/contain`, `/per/per/parent`,
+      `/org/org/subsidiary`, ...) becomes `None`: "A contains B" excludes "B contains A".
+    - A relation between types (`/per/org/member_of`) and `None` pairs are not reversed: the reversed direction
+      of a typed label is no MNRE label at all (the type constraints exclude it at annotation time), and a
+      reversed `None` pair may hold the inverse relation.
+
+    A reversed pair that is annotated itself in the same sentence is skipped (the annotation wins).
+
+    Args:
+        instances: annotated instances, e.g. `read_mnre("train.txt")`.
+
+    Returns:
+        New instances (same words and image, head and tail swapped), in input order.
+    """
+    annotated = {(tuple(x.words), x.head, x.tail) for x in instances}
+    out: list[MNREInstance] = []
+    for x in instances:
+        parts = x.relation.split("/")
+        if x.relation == "None" or (len(parts) == 4 and parts[1] != parts[2] and not is_symmetric(x.relation)):
+            continue
+        if (tuple(x.words), x.tail, x.head) in annotated:
+            continue
+        relation = x.relation if is_symmetric(x.relation) else "None"
+        out.append(replace(x, head=x.tail, tail=x.head, head_name=x.tail_name, tail_name=x.head_name,
+                           relation=relation))
+    return out

@@ -13,15 +13,11 @@ import os
 import socket
 from pathlib import Path
 
-from mmib_cli.errors import MMIBError
+from mmib_cli.errors import MMIBError, OutputLocked
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OutputLock", "OutputLocked", "lock_path"]
-
-
-class OutputLocked(MMIBError):
-    """Another run holds the lock of this output."""
 
 
 def lock_path(output: Path) -> Path:

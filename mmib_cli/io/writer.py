@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from mmib_cli.errors import ExitCode, MMIBError, OutputExists, UsageError
+from mmib_cli.errors import MMIBError, OutputClosed, OutputExists, OutputWriteError, UsageError
 from mmib_cli.io.jsonl import dumps_line
 from mmib_cli.io.lock import OutputLock
-from mmib_cli.io.records import ErrorRecord, PostId
+from mmib_cli.io.records import ErrorRecord, PostId, SkippedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,6 @@ __all__ = ["AtomicJSONLWriter", "OutputClosed", "OutputWriteError", "encode_reco
 
 FLUSH_BYTES = 1 << 20
 """Records are pushed to the OS at `flush()` or once this many bytes are waiting."""
-
-
-class OutputWriteError(MMIBError):
-    """Writing the output failed (full disk, I/O error); complete lines are kept for `--resume`."""
-
-
-class OutputClosed(MMIBError):
-    """The reader of stdout went away (`mmib annotate ... -o - | head -1`): the run stops quietly."""
-
-    exit_code = ExitCode.BROKEN_PIPE
 
 
 def partial_path(path: Path) -> Path:
@@ -82,7 +72,7 @@ def _load_done(partial: Path) -> dict[int, PostId]:
     return done
 
 
-def encode_record(record: Mapping[str, Any] | ErrorRecord) -> tuple[bytes, Mapping[str, Any]]:
+def encode_record(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> tuple[bytes, Mapping[str, Any]]:
     """Encode one output record as its line (`dumps_line`); one that cannot be encoded as JSON (a value nested too
     deep, an object JSON does not know) becomes the error record of its line instead, so no line is lost.
 
@@ -93,9 +83,9 @@ def encode_record(record: Mapping[str, Any] | ErrorRecord) -> tuple[bytes, Mappi
         TypeError, ValueError: the record has no `"line"` to report the error for.
     """
     try:
-        return dumps_line(record), (record.to_json() if isinstance(record, ErrorRecord) else record)
+        return dumps_line(record), (record.to_json() if isinstance(record, (ErrorRecord, SkippedRecord)) else record)
     except (TypeError, ValueError, RecursionError) as exc:
-        if isinstance(record, ErrorRecord) or "line" not in record:
+        if isinstance(record, (ErrorRecord, SkippedRecord)) or "line" not in record:
             raise
         line = record["line"]
         logger.warning("line %s: the output record is not strict JSON (%s: %s); writing an error record instead",
@@ -262,7 +252,7 @@ class AtomicJSONLWriter:
         self._opened = True
         return self
 
-    def write(self, record: Mapping[str, Any] | ErrorRecord) -> Mapping[str, Any]:
+    def write(self, record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> Mapping[str, Any]:
         """Queue one record as one line (pushed to the OS by `flush`, or once FLUSH_BYTES are waiting).
 
         Returns:

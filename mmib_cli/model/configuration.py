@@ -130,6 +130,9 @@ class MMIBConfig:
         entity_markers: RE only: the four tokens inserted before/after the head and the tail (opaque here; see
             ``features.Featurizer``). Default the ``[unused0..3]`` pieces.
         encoder_tuning: how training treats the text encoder (opaque here, e.g. ``"full"``). Default ``"full"``.
+        hashtag_words: a one-word ``#hashtag`` is featurised like the two words ``#`` ``hashtag`` (label on the
+            name's first piece, the ``#`` piece with the symbol shape), so ``#darwin`` and ``# darwin`` give the
+            same input. Default ``False`` (checkpoints trained before it label the ``#`` piece).
         relation_temperature: RE only: calibration temperature ``T`` applied to the relation probabilities at
             inference (``softmax(logits / T)``), fitted on a validation split so that scores read as precision.
             Default 1.0 (uncalibrated); never changes the predicted label.
@@ -168,6 +171,7 @@ class MMIBConfig:
     stride: int = 32
     encoder_tuning: str = "full"
     entity_markers: list[str] = field(default_factory=lambda: ["[unused0]", "[unused1]", "[unused2]", "[unused3]"])
+    hashtag_words: bool = False
     relation_temperature: float = 1.0
     relation_min_score: float | None = None
 
@@ -223,7 +227,7 @@ class MMIBConfig:
 
     def _validate_choices(self) -> None:
         for name in ("use_image", "trained_with_images", "freeze_image_backbone", "use_word_shape", "use_kl",
-                     "use_ar"):
+                     "use_ar", "hashtag_words"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {_short(getattr(self, name))}")
         if self.ar_score not in AR_SCORES:

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmib_cli.errors import OutputExists
-from mmib_cli.runs.plan import RunOptions
+from mmib_cli.errors import ResumeMismatch
+from mmib_cli.runs.plan import RunOptions, is_uri
 
 __all__ = ["ModelInfo", "ResumeMismatch", "RunFingerprint", "describe_model", "run_info_path"]
 
@@ -25,10 +25,6 @@ OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "max_pairs", "keep_n
                   "on_missing_image", "image_root", "id_field", "text_field", "image_field", "shard", "dtype")
 """The options whose value changes an output line (batch size, workers, device and limit do not)."""
 _BLOCK = 1 << 20
-
-
-class ResumeMismatch(OutputExists):
-    """`--resume` on an output made from another input, model or settings."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,8 @@ class RunFingerprint:
         """Fingerprint a run about to start (reads the input once to hash it)."""
         options = {key: getattr(opts, key) for key in OUTPUT_OPTIONS}
         options["shard"] = list(opts.shard) if opts.shard else None
+        if opts.image_root and not is_uri(opts.image_root):  # the same folder however it is spelled
+            options["image_root"] = str(Path(opts.image_root).resolve())
         options = json.loads(json.dumps(options, default=str))
         size, digest = _hash_prefix(opts.input_path) if seekable_input(opts.input_path) else (None, None)
         return cls(model.label, model.digest, options, size, digest)

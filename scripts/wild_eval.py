@@ -1,0 +1,101 @@
+"""Out-of-domain checks of issue 17 (numbers for models/RESULTS.md); run from the repository root.
+
+    python scripts/wild_eval.py ner --model models/mmib-default/ner --data ../shared/data/wnut17/dev.conll
+    python scripts/wild_eval.py re --model models/mmib-default/re --data ../shared/data/mnre/test.txt
+
+`ner`: entity P/R/F1 with all four types (WNUT-17 types mapped as `mmib_cli.data.conll.WNUT17_TYPES`) and with
+PER/LOC/ORG only (MISC removed from gold and predictions, as the issue's comparison), per type, and the recall of
+hashtag entities (an entity right after a `#` token); `--join-hashtags` first merges `#` + word into one token,
+as an upstream tokenizer that keeps hashtags whole gives them.
+`re`: every annotated asymmetric pair between entities of one type read backwards (`mnre.reversed_pairs`, gold
+None): the share that still gets the forward label, and the share that gets any relation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from mmib_cli.checkpoint.model_io import load_model
+from mmib_cli.data.conll import ConllSentence, entity_spans, read_conll
+from mmib_cli.metrics import ner_scores
+
+
+def _join_hashtags(sentence: ConllSentence) -> ConllSentence:
+    words, tags = [], []
+    for word, tag in zip(sentence.words, sentence.tags):
+        if words and words[-1] == "#" and tags[-1] == "O" and word[:1].isalnum():
+            words[-1], tags[-1] = "#" + word, tag
+            continue
+        words.append(word)
+        tags.append(tag)
+    return ConllSentence(words, tags, sentence.image_id, sentence.line)
+
+
+def _without_misc(tags: Sequence[str]) -> list[str]:
+    return ["O" if t.endswith("MISC") else t for t in tags]
+
+
+def _hashtag_recall(sentences: Sequence[ConllSentence], predicted: Sequence[Sequence[str]]) -> dict:
+    found = total = 0
+    for sentence, pred in zip(sentences, predicted):
+        guessed = set(entity_spans(_without_misc(pred)))
+        for span in entity_spans(_without_misc(sentence.tags)):
+            start = span[1]
+            if sentence.words[start].startswith("#") or (start and sentence.words[start - 1] == "#"):
+                total += 1
+                found += span in guessed
+    return {"hashtag_entities": total, "recall": round(100.0 * found / max(1, total), 2)}
+
+
+def evaluate_ner(model: str, data: str, join_hashtags: bool) -> dict:
+    from mmib_cli.inference import predict_ner
+
+    loaded = load_model(model)
+    sentences = read_conll(data)
+    if join_hashtags:
+        sentences = [_join_hashtags(s) for s in sentences]
+    windows = loaded.featurizer.encode_ner([s.words for s in sentences])
+    predicted = [p.tags for p in predict_ner(loaded, windows)]
+    gold = [s.tags for s in sentences]
+    four = ner_scores(gold, predicted)
+    three = ner_scores([_without_misc(g) for g in gold], [_without_misc(p) for p in predicted])
+    summary = {name: {k: m[k] for k in ("precision", "recall", "f1")} for name, m in (("all4", four), ("per_loc_org", three))}
+    summary["per_type_f1"] = {t: row["f1"] for t, row in three["per_type"].items()}
+    summary["MISC_f1"] = four["per_type"].get("MISC", {}).get("f1")
+    summary["hashtags"] = _hashtag_recall(sentences, predicted)
+    return summary
+
+
+def evaluate_reversed(model: str, data: str) -> dict:
+    from mmib_cli.data.mnre import read_mnre, reversed_pairs
+    from mmib_cli.inference import predict_re
+
+    loaded = load_model(model)
+    labels = loaded.model.config.labels
+    instances = read_mnre(data)
+    pairs = [(f, b) for f in instances if f.relation != "None" for b in reversed_pairs([f]) if b.relation == "None"]
+    windows = loaded.featurizer.encode_re_batch([(b.words, b.head, b.tail) for _, b in pairs])
+    predicted = [labels[i] for i in predict_re(loaded, windows).argmax(-1).tolist()]
+    same = sum(p == f.relation for (f, _), p in zip(pairs, predicted))
+    related = sum(p != "None" for p in predicted)
+    return {"reversed_asymmetric_pairs": len(pairs), "forward_label_share": round(100.0 * same / max(1, len(pairs)), 2),
+            "any_relation_share": round(100.0 * related / max(1, len(pairs)), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["ner", "re"])
+    parser.add_argument("--model", required=True, help="single-task checkpoint directory")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--join-hashtags", action="store_true")
+    args = parser.parse_args()
+    if args.task == "ner":
+        result = evaluate_ner(args.model, args.data, args.join_hashtags)
+    else:
+        result = evaluate_reversed(args.model, args.data)
+    print(json.dumps({"model": args.model, "data": args.data, **vars(args), **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

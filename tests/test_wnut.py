@@ -1,0 +1,46 @@
+"""WNUT-17 files read by `iter_conll`: lone-tab sentence breaks, no headers, types mapped to PER/LOC/ORG/MISC."""
+from __future__ import annotations
+
+import pytest
+
+import conftest
+from mmib_cli.data.conll import WNUT17_TYPES, conll_stats, entity_spans, read_conll
+from mmib_cli.errors import DataFormatError
+
+# the real file's layout: token<TAB>tag lines, sentences separated by a line holding one tab
+WNUT_SAMPLE = ("@paulwalk\tO\nEmpire\tB-location\nState\tI-location\nBuilding\tI-location\n=\tO\nESB\tB-location\n"
+               "\t\nAHFA\tB-group\nand\tO\nPepsi\tB-corporation\nlove\tO\n#BattlestarGalactica\tB-creative-work\n"
+               "on\tO\nHTC\tB-product\nDesire\tI-product\nwith\tO\nScooter\tB-person\nBraun\tI-person\n\t\n")
+
+
+def test_wnut_sentences_and_type_mapping(tmp_path):
+    path = tmp_path / "wnut.conll"
+    path.write_text(WNUT_SAMPLE, encoding="utf-8")
+    first, second = read_conll(path)
+    assert first.image_id is None and first.line == 1 and second.line == 8
+    assert first.words[:2] == ["@paulwalk", "Empire"]
+    assert entity_spans(first.tags) == [("LOC", 1, 4), ("LOC", 5, 6)]
+    assert entity_spans(second.tags) == [("ORG", 0, 1), ("ORG", 2, 3), ("MISC", 4, 5), ("MISC", 6, 8),
+                                         ("PER", 9, 11)]
+
+
+def test_every_wnut_type_has_a_target():
+    assert WNUT17_TYPES == {"person": "PER", "location": "LOC", "corporation": "ORG", "group": "ORG",
+                            "product": "MISC", "creative-work": "MISC"}
+
+
+def test_unknown_tag_still_names_the_line(tmp_path):
+    path = tmp_path / "bad.conll"
+    path.write_text("Apple\tB-company\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"bad.conll:1: unknown tag 'B-company'"):
+        read_conll(path)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("split", "sentences", "entities"), [
+    ("train", 3394, {"PER": 660, "LOC": 548, "ORG": 485, "MISC": 282}),
+    ("dev", 1009, {"PER": 470, "LOC": 74, "ORG": 73, "MISC": 219}),
+])
+def test_wnut17_counts(split, sentences, entities):
+    stats = conll_stats(read_conll(conftest.SHARED_DATA / "wnut17" / f"{split}.conll"))
+    assert stats["sentences"] == sentences and stats["entities"] == entities and stats["images"] == 0
