@@ -75,8 +75,7 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
         for idx in inference.length_batches(flat, annotator.batch_size, annotator.max_tokens,
                                             loaded.featurizer.max_length):
             rows = [flat[i] for i in idx]
-            length = getattr(inference, "padded_length", lambda n, cap: None)(len(rows[0].input_ids),
-                                                                            loaded.featurizer.max_length)
+            length = inference.batch_length(rows, loaded.featurizer.max_length)
             batch = loaded.featurizer.collate(rows, "ner", length=length)
             images = [posts[w.post].pixels for w in rows]
             if loaded.image_info is not None and any(p is not None for p in images):

@@ -28,7 +28,11 @@ class NERPrediction:
 
 
 LENGTH_STEP = 8
-"""Windows are padded to a multiple of this many pieces that depends only on their own length (see `padded_length`)."""
+"""Padded windows are padded to a multiple of this many pieces (see `padded_length`)."""
+
+MIN_PADDED_LENGTH = 2 * LENGTH_STEP
+"""No window is padded to fewer pieces than this: a row padded to 8 pieces came out of the text encoder 1e-6 away from
+the same row padded to 16 or more, while every padding from 16 to 128 pieces gave the same bits."""
 
 ROW_ALIGN = 4
 """Every linear layer multiplies a multiple of this many rows (see `RowAlignedLinear`)."""
@@ -38,45 +42,70 @@ IMAGE_BATCH = 4
 
 
 def padded_length(pieces: int, max_length: int) -> int:
-    """Pieces a window of `pieces` pieces is padded to, whatever else is in its batch.
+    """The fewest pieces a window of `pieces` pieces is padded to, whatever else is in its batch.
 
     The next multiple of `LENGTH_STEP` strictly above `pieces` (so every row has a padded position, and attention
-    always takes the masked path), capped at `max_length`, the longest window the featurizer makes.
+    always takes the masked path) and at least `MIN_PADDED_LENGTH`, capped at `max_length`, the longest window the
+    featurizer makes.
     """
-    return max(pieces, min((pieces // LENGTH_STEP + 1) * LENGTH_STEP, max_length))
+    return max(pieces, min(max(MIN_PADDED_LENGTH, (pieces // LENGTH_STEP + 1) * LENGTH_STEP), max_length))
+
+
+def _mixes(pieces: int, max_length: int) -> bool:
+    """Whether a window of `pieces` pieces may share a batch padded further than its own `padded_length`.
+
+    True for every padded window whose own padded length is a multiple of `LENGTH_STEP`: such a row gives the same
+    bits at any padded length from `MIN_PADDED_LENGTH` to `max_length` that is a multiple of `LENGTH_STEP`
+    (tests/test_batch_invariance.py). A window that fills `max_length` (no padding, so no mask) or is padded to a
+    `max_length` that is not such a multiple is only batched with windows of its own length.
+    """
+    length = padded_length(pieces, max_length)
+    return length > pieces and length % LENGTH_STEP == 0
+
+
+def batch_length(rows: Sequence[Window], max_length: int) -> int:
+    """The padded length of a batch of `length_batches`: its longest row's `padded_length`."""
+    return max(padded_length(len(w.input_ids), max_length) for w in rows)
 
 
 def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int,
                    max_length: int | None = None) -> list[list[int]]:
-    """Indices of `windows` grouped into batches whose rows share one padded length (`padded_length`).
+    """Indices of `windows` grouped into batches that can be padded without changing any row's result.
 
-    A window's padded length (and whether it is padded at all) depends only on the window, so the forward pass sees
-    the same input row whatever its batch mates; batches are cut at `batch_size` rows and `max_tokens` padded pieces.
-    Groups come shortest first, windows in input order within a group.
+    Windows sorted by length are cut into batches of at most `batch_size` rows and `max_tokens` padded pieces, each
+    padded to its longest row's `padded_length` (`batch_length`). A window that does not `_mixes` is batched only
+    with windows of its own length. Which row lands in which batch changes with the batch mates, but no row's
+    result does. Batches come shortest first, windows of one length in input order.
     """
     cap = max_length or max((len(w.input_ids) for w in windows), default=0)
-    groups: dict[tuple[int, bool], list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for i, w in enumerate(windows):
         n = len(w.input_ids)
-        length = padded_length(n, cap)
-        groups.setdefault((length, length == n), []).append(i)
+        groups.setdefault(0 if _mixes(n, cap) else n, []).append(i)
     batches: list[list[int]] = []
-    for (length, _), members in sorted(groups.items()):
-        rows = max(1, min(batch_size, max_tokens // length))
-        batches.extend(members[k: k + rows] for k in range(0, len(members), rows))
+    for key, members in sorted(groups.items()):
+        members.sort(key=lambda i: len(windows[i].input_ids))
+        current: list[int] = []
+        for i in members:
+            length = padded_length(len(windows[i].input_ids), cap)
+            if current and (len(current) >= batch_size or length * (len(current) + 1) > max_tokens):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
     return batches
 
 
 def _forward(model, featurizer, rows: Sequence[Window], task: str, pixel_values: torch.Tensor | None,
              image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """Logits of `rows` (one batch of `length_batches`), padded to their shared `padded_length`.
+    """Logits of `rows` (one batch of `length_batches`), padded to their `batch_length`.
 
     A lone row is run with a text-only copy of itself as a second row: CPU batched matmuls round a batch of one
     differently from any larger batch (the same row's emissions came out 1e-7 apart), while 2 to 64 rows agree.
     """
     padded = list(rows) + [rows[0]] * (len(rows) == 1)
-    length = padded_length(len(rows[0].input_ids), featurizer.max_length)
-    batch = _to(featurizer.collate(padded, task, length=length), device)
+    batch = _to(featurizer.collate(padded, task, length=batch_length(rows, featurizer.max_length)), device)
     images = _images_for(padded, pixel_values, image_present, device)
     if images and len(padded) > len(rows):
         images["image_present"][len(rows):] = False  # the copy needs no photo: its output is dropped

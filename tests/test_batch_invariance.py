@@ -20,7 +20,8 @@ import torch
 
 from cli_helpers import VOCAB, invoke, parse_jsonl, subprocess_env, write_jsonl
 from mmib_cli.features import Window
-from mmib_cli.inference import LENGTH_STEP, ROW_ALIGN, RowAlignedLinear, length_batches, padded_length, predict_re
+from mmib_cli.inference import (LENGTH_STEP, MIN_PADDED_LENGTH, ROW_ALIGN, RowAlignedLinear, batch_length,
+                                length_batches, padded_length, predict_re)
 
 TRIALS = 6
 
@@ -32,22 +33,62 @@ def test_padded_length_depends_only_on_the_window():
             length = padded_length(n, cap)
             assert n <= length <= cap
             assert length == n or length % LENGTH_STEP == 0 or length == cap
+            assert length >= min(MIN_PADDED_LENGTH, cap)
             assert length > n or n == cap or (n // LENGTH_STEP + 1) * LENGTH_STEP > cap
 
 
 @pytest.mark.parametrize("batch_size,max_tokens", [(1, 8192), (3, 8192), (32, 100), (32, 8192), (7, 10)])
-def test_length_batches_never_mix_padded_lengths(batch_size, max_tokens):
-    rng = random.Random(batch_size * 1000 + max_tokens)
-    windows = [Window([0] * rng.randint(2, 32), []) for _ in range(200)]
-    batches = length_batches(windows, batch_size, max_tokens, 32)
+@pytest.mark.parametrize("cap", [32, 36])
+def test_length_batches_pad_each_row_only_where_it_gives_the_same_bits(batch_size, max_tokens, cap):
+    """Rows share a batch only if each is padded (to a multiple of 8) or all have one length; limits are kept."""
+    rng = random.Random(batch_size * 1000 + max_tokens + cap)
+    windows = [Window([0] * rng.randint(2, cap), []) for _ in range(200)]
+    batches = length_batches(windows, batch_size, max_tokens, cap)
     assert sorted(i for b in batches for i in b) == list(range(200))
     for batch in batches:
-        lengths = {len(windows[i].input_ids) for i in batch}
-        padded = {padded_length(n, 32) for n in lengths}
-        assert len(padded) == 1  # one padded length per batch
-        assert len({n == padded_length(n, 32) for n in lengths}) == 1  # unpadded rows only with unpadded rows
-        assert len(batch) <= batch_size and (len(batch) == 1 or len(batch) * padded.pop() <= max_tokens)
-        assert batch == sorted(batch)
+        lengths = [len(windows[i].input_ids) for i in batch]
+        padded_to = batch_length([windows[i] for i in batch], cap)
+        assert padded_to == max(padded_length(n, cap) for n in lengths)
+        if len(set(lengths)) > 1:  # mixed lengths: every row is padded, to a multiple of LENGTH_STEP
+            assert padded_to % LENGTH_STEP == 0
+            assert all(padded_length(n, cap) > n and padded_length(n, cap) % LENGTH_STEP == 0 for n in lengths)
+        assert len(batch) <= batch_size and (len(batch) == 1 or len(batch) * padded_to <= max_tokens)
+        assert lengths == sorted(lengths)
+        for n in set(lengths):  # one length's windows keep their input order
+            same = [i for i in batch if len(windows[i].input_ids) == n]
+            assert same == sorted(same)
+
+
+def test_a_default_model_row_gives_the_same_bits_at_every_padding_it_may_get():
+    """The real MiniLM default: a window padded to its own length == padded further, with longer batch mates."""
+    from mmib_cli.annotate import Annotator
+    from mmib_cli.inference import _to
+
+    loaded = Annotator.from_pretrained("mmib-default", device="cpu").ner
+    model, featurizer = loaded.model, loaded.featurizer
+    rng = random.Random(7)
+    words = [w for w in VOCAB if w.strip()]
+    posts = [[rng.choice(words) for _ in range(k)] for k in (1, 3, 6, 9, 14, 20, 28, 37, 50, 70, 95)]
+    windows = [w for ws in featurizer.encode_ner(posts) for w in ws]
+    cap = featurizer.max_length
+
+    def emissions(rows, length):
+        with torch.inference_mode():
+            return model(**_to(featurizer.collate(rows, "ner", length=length), torch.device("cpu"))).logits
+
+    checked = 0
+    for w in windows:
+        n = len(w.input_ids)
+        if not padded_length(n, cap) > n:
+            continue
+        own = emissions([w, w], padded_length(n, cap))[0, : len(w.word_index)]
+        longer = [x for x in windows if padded_length(len(x.input_ids), cap) > padded_length(n, cap)]
+        for mate in rng.sample(longer, min(2, len(longer))):
+            length = padded_length(len(mate.input_ids), cap)
+            got = emissions([mate, w, mate], length)[1, : len(w.word_index)]
+            assert torch.equal(got, own), (n, length)
+            checked += 1
+    assert checked >= 12
 
 
 @pytest.mark.parametrize("threads", [1, 2])
