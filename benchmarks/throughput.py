@@ -174,11 +174,15 @@ def _legacy_length_batches(windows, batch_size: int, max_tokens: int, max_length
 
 
 def _legacy_forward(model, featurizer, rows, task, pixel_values, image_present, device):
-    """The forward before issue 14: padded to the batch's longest window, a lone row run alone."""
+    """The forward before issue 14: padded to the batch's longest window, a lone row run alone, its photos with it."""
     from mmib_cli import inference
 
+    import torch
+
     batch = inference._to(featurizer.collate(rows, task), device)
-    batch.update(inference._images_for(rows, pixel_values, image_present, device))
+    if pixel_values is not None and image_present is not None and bool(image_present.any()):
+        posts = torch.tensor([w.post for w in rows], dtype=torch.long)
+        batch.update(pixel_values=pixel_values[posts].to(device), image_present=image_present[posts].to(device))
     return model(**batch).logits
 
 
@@ -190,6 +194,7 @@ def legacy_batching() -> Iterator[None]:
     from mmib_cli import inference
 
     with mock.patch.object(inference, "length_batches", _legacy_length_batches), \
+            mock.patch.object(inference, "post_visual_tokens", lambda model, pixels, present, device: pixels), \
             mock.patch.object(inference, "_forward", _legacy_forward), \
             mock.patch.object(inference, "make_batch_invariant", lambda model: None):
         yield

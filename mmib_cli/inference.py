@@ -37,8 +37,9 @@ the same row padded to 16 or more, while every padding from 16 to 128 pieces gav
 ROW_ALIGN = 4
 """Every linear layer multiplies a multiple of this many rows (see `RowAlignedLinear`)."""
 
-IMAGE_BATCH = 4
-"""The image backbone always runs on this many images per call (see `FixedImageBatches`)."""
+IMAGE_BATCH = 16
+"""The image backbone always runs on this many images per call (see `FixedImageBatches`); inference runs it once per
+chunk of posts (`post_visual_tokens`), so only a chunk's last call carries blank images."""
 
 
 def padded_length(pieces: int, max_length: int) -> int:
@@ -97,29 +98,41 @@ def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int,
     return batches
 
 
-def _forward(model, featurizer, rows: Sequence[Window], task: str, pixel_values: torch.Tensor | None,
+def _forward(model, featurizer, rows: Sequence[Window], task: str, image_tokens: torch.Tensor | None,
              image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """Logits of `rows` (one batch of `length_batches`), padded to their `batch_length`.
 
-    A lone row is run with a text-only copy of itself as a second row: CPU batched matmuls round a batch of one
-    differently from any larger batch (the same row's emissions came out 1e-7 apart), while 2 to 64 rows agree.
+    `image_tokens` are the posts' `post_visual_tokens` (row `post` of each window). A lone row is run with a
+    text-only copy of itself as a second row: CPU batched matmuls round a batch of one differently from any larger
+    batch (the same row's emissions came out 1e-7 apart), while 2 to 64 rows agree.
     """
     padded = list(rows) + [rows[0]] * (len(rows) == 1)
     batch = _to(featurizer.collate(padded, task, length=batch_length(rows, featurizer.max_length)), device)
-    images = _images_for(padded, pixel_values, image_present, device)
-    if images and len(padded) > len(rows):
-        images["image_present"][len(rows):] = False  # the copy needs no photo: its output is dropped
-    batch.update(images)
+    if image_tokens is not None and image_present is not None:
+        posts = torch.tensor([w.post for w in padded], dtype=torch.long)
+        present = image_present[posts].to(device)
+        present[len(rows):] = False  # the copy of a lone row needs no photo: its output is dropped
+        batch.update(image_tokens=image_tokens[posts.to(image_tokens.device)], image_present=present)
     return model(**batch).logits[: len(rows)]
 
 
-def _images_for(rows: Sequence[Window], pixel_values: torch.Tensor | None,
-                image_present: torch.Tensor | None, device: torch.device) -> dict[str, torch.Tensor]:
-    if pixel_values is None or image_present is None or not bool(image_present.any()):
-        return {}
-    posts = torch.tensor([w.post for w in rows], dtype=torch.long)
-    return {"pixel_values": pixel_values[posts].to(device, non_blocking=True),
-            "image_present": image_present[posts].to(device)}
+@torch.inference_mode()
+def post_visual_tokens(model, pixel_values: torch.Tensor | None, image_present: torch.Tensor | None,
+                       device: torch.device) -> torch.Tensor | None:
+    """Visual tokens `(posts, N, d)` of every post with a photo (zeros elsewhere), or None when none has one.
+
+    Each photo goes through the backbone once, however many windows or pairs its post has, in calls of
+    `IMAGE_BATCH` photos (the chunk's last call padded by `FixedImageBatches` after `make_batch_invariant`).
+    """
+    if pixel_values is None or image_present is None or not bool(image_present.any()) or not model.uses_images:
+        return None
+    index = image_present.nonzero(as_tuple=True)[0]
+    parts = [model.visual_tokens(pixel_values[index[k: k + IMAGE_BATCH]].to(device, non_blocking=True))
+             for k in range(0, len(index), IMAGE_BATCH)]
+    tokens = torch.cat(parts)
+    out = tokens.new_zeros((len(pixel_values), *tokens.shape[1:]))
+    out[index.to(device)] = tokens
+    return out
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -136,8 +149,9 @@ def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_s
     labels = model.config.labels
     flat = [w for windows in windows_per_post for w in windows]
     rows_out: list[torch.Tensor | None] = [None] * len(flat)
+    tokens = post_visual_tokens(model, pixel_values, image_present, device)
     for idx in length_batches(flat, batch_size, max_tokens, featurizer.max_length):
-        emissions = _forward(model, featurizer, [flat[i] for i in idx], "ner", pixel_values, image_present,
+        emissions = _forward(model, featurizer, [flat[i] for i in idx], "ner", tokens, image_present,
                              device).float().cpu()
         for k, i in enumerate(idx):
             rows_out[i] = emissions[k, : len(flat[i].word_index)]
@@ -199,8 +213,9 @@ def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = DEFAULT_B
     model, featurizer = loaded.model, loaded.featurizer
     device = next(model.parameters()).device
     probs = torch.zeros((len(windows), len(model.config.labels)))
+    tokens = post_visual_tokens(model, pixel_values, image_present, device)
     for idx in length_batches(windows, batch_size, max_tokens, featurizer.max_length):
-        logits = _forward(model, featurizer, [windows[i] for i in idx], "re", pixel_values, image_present,
+        logits = _forward(model, featurizer, [windows[i] for i in idx], "re", tokens, image_present,
                           device).float()
         probs[torch.tensor(idx)] = torch.softmax(logits, dim=-1).cpu()
     return probs
@@ -271,12 +286,14 @@ class FixedImageBatches(nn.Module):
         self.size = size or IMAGE_BATCH
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # noqa: D102 - the wrapped backbone's
-        count = pixel_values.size(0)
-        extra = -count % self.size
-        if extra:
-            pixel_values = torch.cat([pixel_values, pixel_values.new_zeros((extra, *pixel_values.shape[1:]))])
-        out = [self.backbone(pixel_values[i: i + self.size]) for i in range(0, pixel_values.size(0), self.size)]
-        return torch.cat(out)[:count]
+        out = []
+        for start in range(0, pixel_values.size(0), self.size):
+            part = pixel_values[start: start + self.size]
+            extra = self.size - part.size(0)
+            if extra:
+                part = torch.cat([part, part.new_zeros((extra, *part.shape[1:]))])
+            out.append(self.backbone(part)[: self.size - extra])
+        return torch.cat(out)
 
 
 def make_batch_invariant(model: nn.Module) -> None:

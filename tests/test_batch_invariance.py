@@ -212,6 +212,25 @@ def _re_raw(annotator, prepared, batch_size: int, max_tokens: int) -> list[list[
     return out
 
 
+def test_each_photo_goes_through_the_backbone_once_per_chunk_in_full_calls(bundle_annotator, mixed_posts):
+    """Photos are encoded once per post (not per window or batch), in calls of exactly IMAGE_BATCH images."""
+    from mmib_cli.inference import IMAGE_BATCH, FixedImageBatches
+
+    model = bundle_annotator.ner.model
+    wrapper = model.image_backbone
+    assert isinstance(wrapper, FixedImageBatches)
+    calls: list[int] = []
+    inner = wrapper.backbone
+    hook = inner.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        prepared = _prepared(bundle_annotator, mixed_posts)
+        _ner_raw(bundle_annotator, prepared, 3, 8192)  # batches of 3 rows: many more batches than calls
+    finally:
+        hook.remove()
+    photos = sum(p.pixels is not None for p in prepared)
+    assert set(calls) == {IMAGE_BATCH} and len(calls) == -(-photos // IMAGE_BATCH), (calls, photos)
+
+
 @pytest.mark.parametrize("task", ["ner", "re"])
 def test_model_outputs_are_bit_identical_whatever_the_batch_mates(task, bundle_annotator, mixed_posts):
     """Every float of a post's prediction alone equals the one in random mixes, orders, batch sizes, max tokens."""

@@ -358,15 +358,25 @@ class MMIBModel(nn.Module):
         regions = F.adaptive_avg_pool2d(grid, g).flatten(2).transpose(1, 2)
         return torch.cat([global_token, regions], dim=1)
 
+    def visual_tokens(self, pixel_values: Tensor) -> Tensor:
+        """Projected visual tokens ``(n, N, d)`` of ``n`` images ``(n, 3, S, S)`` (backbone, grid pooling, projection)."""
+        backbone_param = next(iter(self.image_backbone.parameters()), None)  # type: ignore[union-attr]
+        if backbone_param is not None:
+            pixel_values = pixel_values.to(device=backbone_param.device, dtype=backbone_param.dtype)
+        features = self._image_features(pixel_values)
+        return self.image_projection(features.to(self.image_projection.weight.dtype))
+
     def encode_image(
-        self, pixel_values: Tensor | None, image_present: Tensor | None, batch_size: int
+        self, pixel_values: Tensor | None, image_present: Tensor | None, batch_size: int,
+        image_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Image path: visual tokens ``H^V`` with learned "no image" tokens for rows without an image.
 
         Args:
             pixel_values: ``(B, 3, S, S)`` float or None.
-            image_present: ``(B,)`` bool or None (None with pixel_values means every row has an image).
-            batch_size: ``B`` (needed when pixel_values is None).
+            image_present: ``(B,)`` bool or None (None with an image input means every row has an image).
+            batch_size: ``B`` (needed when there is no image input).
+            image_tokens: ``(B, N, d)`` tokens already made by `visual_tokens`, used instead of ``pixel_values``.
 
         Returns:
             ``(tokens (B, N, d), has_image (B,) bool)``; ``has_image`` is False for every row whose tokens are the
@@ -374,10 +384,11 @@ class MMIBModel(nn.Module):
         """
         device = self.no_image_tokens.device
         no_image = self.no_image_tokens[None].expand(batch_size, -1, -1)
-        if pixel_values is None or not self.uses_images:
+        source = image_tokens if image_tokens is not None else pixel_values
+        if source is None or not self.uses_images:
             return no_image, torch.zeros(batch_size, dtype=torch.bool, device=device)
-        if pixel_values.size(0) != batch_size:
-            raise ValueError(f"pixel_values has {pixel_values.size(0)} rows, expected {batch_size}")
+        if source.size(0) != batch_size:
+            raise ValueError(f"the image input has {source.size(0)} rows, expected {batch_size}")
         if image_present is None:
             has_image = torch.ones(batch_size, dtype=torch.bool, device=device)
         else:
@@ -385,12 +396,7 @@ class MMIBModel(nn.Module):
         if not bool(has_image.any()):
             return no_image, has_image
         index = has_image.nonzero(as_tuple=True)[0]
-        backbone_param = next(iter(self.image_backbone.parameters()), None)  # type: ignore[union-attr]
-        pixels = pixel_values[index]
-        if backbone_param is not None:
-            pixels = pixels.to(device=backbone_param.device, dtype=backbone_param.dtype)
-        features = self._image_features(pixels)
-        projected = self.image_projection(features.to(self.image_projection.weight.dtype))
+        projected = image_tokens[index] if image_tokens is not None else self.visual_tokens(pixel_values[index])
         tokens = no_image.clone()
         tokens[index] = projected.to(tokens.dtype)
         return tokens, has_image
@@ -494,6 +500,7 @@ class MMIBModel(nn.Module):
         head_index: Tensor | None = None,
         tail_index: Tensor | None = None,
         labels: Tensor | None = None,
+        image_tokens: Tensor | None = None,
     ) -> MMIBOutput:
         """Run MMIB on a batch (the dict of ``Featurizer.collate`` plus images).
 
@@ -508,6 +515,7 @@ class MMIBModel(nn.Module):
             head_index: RE ``(B,)`` long: position of the head start marker.
             tail_index: RE ``(B,)`` long: position of the tail start marker.
             labels: NER ``(B, W)`` tag ids (0 where masked) or RE ``(B,)`` label ids; enables the losses.
+            image_tokens: optional ``(B, N, d)`` visual tokens from `visual_tokens`, instead of ``pixel_values``.
 
         Returns:
             ``MMIBOutput``; ``loss`` and ``task_loss`` only when ``labels`` is given.
@@ -517,7 +525,7 @@ class MMIBModel(nn.Module):
         """
         text_mask = attention_mask.bool()
         text = self.encode_text(input_ids, attention_mask, word_shape_ids)
-        image, has_image = self.encode_image(pixel_values, image_present, input_ids.size(0))
+        image, has_image = self.encode_image(pixel_values, image_present, input_ids.size(0), image_tokens)
         latent = self.bottleneck(text, text_mask, image.to(text.dtype))
         zero = text.new_zeros(())
         if self.config.use_kl:
