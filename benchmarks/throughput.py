@@ -194,7 +194,7 @@ def legacy_batching() -> Iterator[None]:
     from mmib_cli import inference
 
     with mock.patch.object(inference, "length_batches", _legacy_length_batches), \
-            mock.patch.object(inference, "post_visual_tokens", lambda model, pixels, present, device: pixels), \
+            mock.patch.object(inference, "post_visual_tokens", lambda model, windows, pixels, present, device: pixels), \
             mock.patch.object(inference, "_forward", _legacy_forward), \
             mock.patch.object(inference, "make_batch_invariant", lambda model: None):
         yield

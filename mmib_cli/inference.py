@@ -90,7 +90,7 @@ def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int,
         n = len(w.input_ids)
         groups.setdefault(0 if _mixes(n, cap) else n, []).append(i)
     batches: list[list[int]] = []
-    for key, members in sorted(groups.items()):
+    for _, members in sorted(groups.items()):
         members.sort(key=lambda i: len(windows[i].input_ids))
         current: list[int] = []
         current_length = 0
@@ -126,16 +126,21 @@ def _forward(model, featurizer, rows: Sequence[Window], task: str, image_tokens:
 
 
 @torch.inference_mode()
-def post_visual_tokens(model, pixel_values: torch.Tensor | None, image_present: torch.Tensor | None,
-                       device: torch.device) -> torch.Tensor | None:
-    """Visual tokens `(posts, N, d)` of every post with a photo (zeros elsewhere), or None when none has one.
+def post_visual_tokens(model, windows: Sequence[Window], pixel_values: torch.Tensor | None,
+                       image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Visual tokens `(posts, N, d)` of the posts with a photo that `windows` read (zeros elsewhere), or None.
 
-    Each photo goes through the backbone once, however many windows or pairs its post has, in calls of
-    `IMAGE_BATCH` photos (the chunk's last call padded by `FixedImageBatches` after `make_batch_invariant`).
+    Each such photo goes through the backbone once, however many windows or pairs its post has (a post without a
+    window, e.g. one without an entity pair, costs nothing), in calls of `IMAGE_BATCH` photos (the last call padded
+    by `FixedImageBatches` after `make_batch_invariant`).
     """
-    if pixel_values is None or image_present is None or not bool(image_present.any()) or not model.uses_images:
+    if pixel_values is None or image_present is None or not model.uses_images:
         return None
-    index = image_present.nonzero(as_tuple=True)[0]
+    wanted = torch.zeros_like(image_present, dtype=torch.bool)
+    wanted[sorted({w.post for w in windows})] = True
+    index = (wanted & image_present.bool()).nonzero(as_tuple=True)[0]
+    if not len(index):
+        return None
     parts = [model.visual_tokens(pixel_values[index[k: k + IMAGE_BATCH]].to(device, non_blocking=True))
              for k in range(0, len(index), IMAGE_BATCH)]
     tokens = torch.cat(parts)
@@ -158,7 +163,7 @@ def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_s
     labels = model.config.labels
     flat = [w for windows in windows_per_post for w in windows]
     rows_out: list[torch.Tensor | None] = [None] * len(flat)
-    tokens = post_visual_tokens(model, pixel_values, image_present, device)
+    tokens = post_visual_tokens(model, flat, pixel_values, image_present, device)
     for idx in length_batches(flat, batch_size, max_tokens, featurizer.max_length):
         emissions = _forward(model, featurizer, [flat[i] for i in idx], "ner", tokens, image_present,
                              device).float().cpu()
@@ -222,7 +227,7 @@ def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = DEFAULT_B
     model, featurizer = loaded.model, loaded.featurizer
     device = next(model.parameters()).device
     probs = torch.zeros((len(windows), len(model.config.labels)))
-    tokens = post_visual_tokens(model, pixel_values, image_present, device)
+    tokens = post_visual_tokens(model, windows, pixel_values, image_present, device)
     for idx in length_batches(windows, batch_size, max_tokens, featurizer.max_length):
         logits = _forward(model, featurizer, [windows[i] for i in idx], "re", tokens, image_present,
                           device).float()

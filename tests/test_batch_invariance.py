@@ -231,6 +231,27 @@ def test_each_photo_goes_through_the_backbone_once_per_chunk_in_full_calls(bundl
     assert set(calls) == {IMAGE_BATCH} and len(calls) == -(-photos // IMAGE_BATCH), (calls, photos)
 
 
+def test_only_photos_of_posts_with_windows_are_encoded(bundle_annotator, mixed_posts):
+    """A post no window reads (e.g. no entity pair for relations) costs no backbone work."""
+    from mmib_cli.inference import post_visual_tokens
+
+    loaded = bundle_annotator.re
+    prepared = _prepared(bundle_annotator, mixed_posts)
+    pixels, present = bundle_annotator._pixels(prepared, loaded)
+    read = [k for k in range(len(prepared)) if present[k]][:3]
+    windows = [Window([0, 1, 2], [], post=k) for k in read]
+    seen: list[int] = []
+    hook = loaded.model.image_backbone.backbone.register_forward_pre_hook(
+        lambda module, args: seen.append(int((args[0].flatten(1).abs().sum(1) > 0).sum())))
+    try:
+        tokens = post_visual_tokens(loaded.model, windows, pixels, present, torch.device("cpu"))
+        assert post_visual_tokens(loaded.model, [], pixels, present, torch.device("cpu")) is None
+    finally:
+        hook.remove()
+    assert sum(seen) == len(read) < int(present.sum())  # blank padding images aside
+    assert [bool(tokens[k].any()) for k in range(len(prepared))] == [k in read for k in range(len(prepared))]
+
+
 @pytest.mark.parametrize("task", ["ner", "re"])
 def test_model_outputs_are_bit_identical_whatever_the_batch_mates(task, bundle_annotator, mixed_posts):
     """Every float of a post's prediction alone equals the one in random mixes, orders, batch sizes, max tokens."""
