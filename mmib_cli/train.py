@@ -54,6 +54,7 @@ class TrainOptions:
     resume: bool = False
     init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
     reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
+    lowercase_copies: bool = False  # NER: add a lowercased copy of every training sentence
     num_workers: int = 0
     device: str = DEFAULT_DEVICE
     dtype: DType = DType.AUTO
@@ -62,6 +63,10 @@ class TrainOptions:
     def __post_init__(self) -> None:
         self.task = ModelTask.parse(self.task, what="task")
         self.dtype = DType.parse(self.dtype, what="dtype")
+        if self.reverse_pairs and self.task is not ModelTask.RE:
+            raise UsageError("--reverse-pairs is for relation (re) training")
+        if self.lowercase_copies and self.task is not ModelTask.NER:
+            raise UsageError("--lowercase-copies is for entity (ner) training")
 
     @classmethod
     def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":
@@ -239,10 +244,11 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
 
 
 def _read_splits(opts: TrainOptions, loaded: LoadedModel) -> tuple[Examples, Examples]:
-    """Featurised train and valid examples (train: with the RE pair augmentation when asked)."""
+    """Featurised train and valid examples (train: with the RE pair or NER lowercase augmentation when asked)."""
     labels = loaded.model.config.labels
     train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
-                              limit=opts.max_train, reverse_pairs=opts.reverse_pairs)
+                              limit=opts.max_train, reverse_pairs=opts.reverse_pairs,
+                              lowercase_copies=opts.lowercase_copies)
     valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
     logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
                 len(train_set.gold), len(valid_set.gold), train_set.images_found)

@@ -44,3 +44,35 @@ def test_unknown_tag_still_names_the_line(tmp_path):
 def test_wnut17_counts(split, sentences, entities):
     stats = conll_stats(read_conll(conftest.SHARED_DATA / "wnut17" / f"{split}.conll"))
     assert stats["sentences"] == sentences and stats["entities"] == entities and stats["images"] == 0
+
+
+def test_lowercase_copies_follow_the_sentences_with_their_tags(tmp_path, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from mmib_cli.data.datasets import read_examples
+    from mmib_cli.features import Featurizer
+    from mmib_cli.model.configuration import NER_LABELS
+
+    path = tmp_path / "wnut.conll"
+    path.write_text(WNUT_SAMPLE, encoding="utf-8")
+    featurizer = Featurizer(AutoTokenizer.from_pretrained(str(tiny_bert_dir)))
+    plain = read_examples("ner", [path], featurizer, NER_LABELS)
+    both = read_examples("ner", [path], featurizer, NER_LABELS, lowercase_copies=True)
+    assert both.gold == plain.gold + plain.gold
+    assert len(both.windows_per_post) == 4 and both.windows[:len(plain.windows)] == plain.windows
+    copy = both.windows_per_post[2][0]
+    assert copy.labels == plain.windows_per_post[0][0].labels  # the copy of the first sentence, same tags
+    # an uncased vocabulary gives the same pieces; only the word shapes lose their capitals
+    assert copy.input_ids == plain.windows_per_post[0][0].input_ids
+    assert copy.word_shape_ids != plain.windows_per_post[0][0].word_shape_ids
+    limited = read_examples("ner", [path], featurizer, NER_LABELS, limit=1, lowercase_copies=True)
+    assert len(limited.gold) == 2
+
+
+@pytest.mark.parametrize(("task", "flag"), [("ner", "reverse_pairs"), ("re", "lowercase_copies")])
+def test_an_augmentation_of_the_other_task_is_refused(task, flag):
+    from mmib_cli.errors import UsageError
+    from mmib_cli.train import TrainOptions
+
+    with pytest.raises(UsageError, match="is for"):
+        TrainOptions(task=task, train_files=["t"], valid_files=["v"], output="o", **{flag: True})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,16 +31,22 @@ class Examples:
 
 def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer, labels: list[str], *,
                   images: str | Path | None = None, limit: int | None = None,
-                  reverse_pairs: bool = False) -> Examples:
+                  reverse_pairs: bool = False, lowercase_copies: bool = False) -> Examples:
     """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`.
 
-    `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances.
+    `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances. `lowercase_copies` (NER
+    only) appends a copy of every (limited) sentence with its words lowercased and its tags unchanged (the
+    "augment" training of Mayhew et al., 2019: the uncased encoders see case only through the word shapes, so the
+    copies teach the model to find entities written without capitals: `newsradio`, `#darwin`).
     """
     label_id = {label: i for i, label in enumerate(labels)}
     if task == "ner":
         from mmib_cli.data.conll import image_path, read_conll
 
         sentences = [s for f in files for s in read_conll(f)][:limit]
+        if lowercase_copies:
+            sentences += [replace(s, words=[w.lower() for w in s.words]) for s in sentences]
+            logger.info("%d lowercased copies added", len(sentences) // 2)
         windows_per_post = featurizer.encode_ner([s.words for s in sentences],
                                                  [[label_id[t] for t in s.tags] for s in sentences])
         paths = [image_path(s, images) if images else None for s in sentences]
