@@ -5,8 +5,12 @@
 
 `ner`: entity P/R/F1 with all four types (WNUT-17 types mapped as `mmib_cli.data.conll.WNUT17_TYPES`) and with
 PER/LOC/ORG only (MISC removed from gold and predictions, as the issue's comparison), per type, and the recall of
-hashtag entities (an entity right after a `#` token); `--join-hashtags` first merges `#` + word into one token,
-as an upstream tokenizer that keeps hashtags whole gives them.
+hashtag entities (an entity that is a `#word` token or right after a `#` token). `--hashtags` rewrites the
+hashtags first, as other upstream tokenizers give them: `joined` merges `#` + word into one token, `split` cuts
+`#word` into `#` + `word` (tag on the word), `lowercase` lowercases every hashtag (`#darwin`); `given` (default)
+keeps the file's tokens.
+`hashtags`: the recall of hashtag entities (PER/LOC/ORG) in each form of `--hashtags`, on the posts that hold a
+hashtag (Twitter-2015 test writes hashtags whole: `#Blackhawks`).
 `re`: every annotated asymmetric pair between entities of one type read backwards (`mnre.reversed_pairs`, gold
 None): the share that still gets the forward label, and the share that gets any relation.
 """
@@ -32,6 +36,28 @@ def _join_hashtags(sentence: ConllSentence) -> ConllSentence:
     return ConllSentence(words, tags, sentence.image_id, sentence.line)
 
 
+def _split_hashtags(sentence: ConllSentence) -> ConllSentence:
+    words, tags = [], []
+    for word, tag in zip(sentence.words, sentence.tags):
+        if word.startswith("#") and word[1:2].isalnum():
+            words += ["#", word[1:]]
+            tags += ["O" if not tag.startswith("I-") else tag, tag]
+            continue
+        words.append(word)
+        tags.append(tag)
+    return ConllSentence(words, tags, sentence.image_id, sentence.line)
+
+
+def _lowercase_hashtags(sentence: ConllSentence) -> ConllSentence:
+    words = [w.lower() if w.startswith("#") else w for w in sentence.words]
+    after_sign = [w.lower() if i and sentence.words[i - 1] == "#" else w for i, w in enumerate(words)]
+    return ConllSentence(after_sign, list(sentence.tags), sentence.image_id, sentence.line)
+
+
+HASHTAG_FORMS = {"given": lambda s: s, "joined": _join_hashtags, "split": _split_hashtags,
+                 "lowercase": _lowercase_hashtags}
+
+
 def _without_misc(tags: Sequence[str]) -> list[str]:
     return ["O" if t.endswith("MISC") else t for t in tags]
 
@@ -48,13 +74,11 @@ def _hashtag_recall(sentences: Sequence[ConllSentence], predicted: Sequence[Sequ
     return {"hashtag_entities": total, "recall": round(100.0 * found / max(1, total), 2)}
 
 
-def evaluate_ner(model: str, data: str, join_hashtags: bool) -> dict:
+def evaluate_ner(model: str, data: str, hashtags: str = "given") -> dict:
     from mmib_cli.inference import predict_ner
 
     loaded = load_model(model)
-    sentences = read_conll(data)
-    if join_hashtags:
-        sentences = [_join_hashtags(s) for s in sentences]
+    sentences = [HASHTAG_FORMS[hashtags](s) for s in read_conll(data)]
     windows = loaded.featurizer.encode_ner([s.words for s in sentences])
     predicted = [p.tags for p in predict_ner(loaded, windows)]
     gold = [s.tags for s in sentences]
@@ -65,6 +89,20 @@ def evaluate_ner(model: str, data: str, join_hashtags: bool) -> dict:
     summary["MISC_f1"] = four["per_type"].get("MISC", {}).get("f1")
     summary["hashtags"] = _hashtag_recall(sentences, predicted)
     return summary
+
+
+def evaluate_hashtags(model: str, data: str) -> dict:
+    from mmib_cli.inference import predict_ner
+
+    loaded = load_model(model)
+    posts = [s for s in read_conll(data) if any(w.startswith("#") and len(w) > 1 for w in s.words)
+             or any(w == "#" for w in s.words)]
+    result = {}
+    for form, rewrite in HASHTAG_FORMS.items():
+        sentences = [rewrite(s) for s in posts]
+        windows = loaded.featurizer.encode_ner([s.words for s in sentences])
+        result[form] = _hashtag_recall(sentences, [p.tags for p in predict_ner(loaded, windows)])
+    return {"posts": len(posts), **result}
 
 
 def evaluate_reversed(model: str, data: str) -> dict:
@@ -85,13 +123,15 @@ def evaluate_reversed(model: str, data: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["ner", "re"])
+    parser.add_argument("task", choices=["ner", "hashtags", "re"])
     parser.add_argument("--model", required=True, help="single-task checkpoint directory")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--join-hashtags", action="store_true")
+    parser.add_argument("--hashtags", choices=list(HASHTAG_FORMS), default="given")
     args = parser.parse_args()
     if args.task == "ner":
-        result = evaluate_ner(args.model, args.data, args.join_hashtags)
+        result = evaluate_ner(args.model, args.data, args.hashtags)
+    elif args.task == "hashtags":
+        result = evaluate_hashtags(args.model, args.data)
     else:
         result = evaluate_reversed(args.model, args.data)
     print(json.dumps({"model": args.model, "data": args.data, **vars(args), **result}, indent=2))
