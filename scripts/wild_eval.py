@@ -12,7 +12,9 @@ keeps the file's tokens.
 `hashtags`: the recall of hashtag entities (PER/LOC/ORG) in each form of `--hashtags`, on the posts that hold a
 hashtag (Twitter-2015 test writes hashtags whole: `#Blackhawks`).
 `re`: every annotated asymmetric pair between entities of one type read backwards (`mnre.reversed_pairs`, gold
-None): the share that still gets the forward label, and the share that gets any relation.
+None): the share that still gets the forward label, and the share that gets any relation; then both directions
+scored together and decoded as `annotate --relations` does (`postprocess.relations_from_scores`, the model's
+temperature and default minimum score): the share emitted forwards (right), backwards (wrong) or not at all.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from mmib_cli.checkpoint.model_io import load_model
 from mmib_cli.data.conll import ConllSentence, entity_spans, read_conll
 from mmib_cli.metrics import ner_scores
+from mmib_cli.postprocess import relation_signature, relations_from_scores
 
 
 def _join_hashtags(sentence: ConllSentence) -> ConllSentence:
@@ -105,20 +108,47 @@ def evaluate_hashtags(model: str, data: str) -> dict:
     return {"posts": len(posts), **result}
 
 
+def _pair_entities(instance) -> list[dict]:
+    """Head and tail of an MNRE instance as entities of its space-joined text, typed by the relation's signature."""
+    starts, offset = [], 0
+    for word in instance.words:
+        starts.append(offset)
+        offset += len(word) + 1
+    types = relation_signature(instance.relation) or ("MISC", "MISC")
+    return [{"text": name, "label": label, "start": starts[a], "end": starts[b - 1] + len(instance.words[b - 1])}
+            for name, label, (a, b) in ((instance.head_name, types[0], instance.head),
+                                        (instance.tail_name, types[1], instance.tail))]
+
+
 def evaluate_reversed(model: str, data: str) -> dict:
+    from mmib_cli.choices import DEFAULT_MIN_SCORE
     from mmib_cli.data.mnre import read_mnre, reversed_pairs
     from mmib_cli.inference import predict_re
 
     loaded = load_model(model)
-    labels = loaded.model.config.labels
+    config = loaded.model.config
+    labels = config.labels
     instances = read_mnre(data)
     pairs = [(f, b) for f in instances if f.relation != "None" for b in reversed_pairs([f]) if b.relation == "None"]
-    windows = loaded.featurizer.encode_re_batch([(b.words, b.head, b.tail) for _, b in pairs])
-    predicted = [labels[i] for i in predict_re(loaded, windows).argmax(-1).tolist()]
+    encode = loaded.featurizer.encode_re_batch
+    backward = predict_re(loaded, encode([(b.words, b.head, b.tail) for _, b in pairs]))
+    forward = predict_re(loaded, encode([(f.words, f.head, f.tail) for f, _ in pairs]))
+    predicted = [labels[i] for i in backward.argmax(-1).tolist()]
     same = sum(p == f.relation for (f, _), p in zip(pairs, predicted))
     related = sum(p != "None" for p in predicted)
+    # what `annotate --relations` / `relations --pair` emit when both directions are scored (postprocess rules)
+    min_score = DEFAULT_MIN_SCORE if config.relation_min_score is None else config.relation_min_score
+    outcome = {"forward": 0, "backward": 0, "none": 0}
+    for (f, _), p_forward, p_backward in zip(pairs, forward.tolist(), backward.tolist()):
+        records = relations_from_scores(_pair_entities(f), [(0, 1), (1, 0)], [p_forward, p_backward], labels,
+                                        temperature=config.relation_temperature, min_score=min_score)
+        backwards = any(r["head"]["start"] == _pair_entities(f)[1]["start"] for r in records)
+        outcome["backward" if backwards else "forward" if records else "none"] += 1
+    share = {k: round(100.0 * v / max(1, len(pairs)), 2) for k, v in outcome.items()}
     return {"reversed_asymmetric_pairs": len(pairs), "forward_label_share": round(100.0 * same / max(1, len(pairs)), 2),
-            "any_relation_share": round(100.0 * related / max(1, len(pairs)), 2)}
+            "any_relation_share": round(100.0 * related / max(1, len(pairs)), 2),
+            "decoded_both_directions": {"min_score": min_score, "emitted_forward": share["forward"],
+                                        "emitted_backward": share["backward"], "emitted_none": share["none"]}}
 
 
 def main() -> None:
