@@ -8,7 +8,7 @@ PER/LOC/ORG only (MISC removed from gold and predictions, as the issue's compari
 hashtag entities (an entity that is a `#word` token or right after a `#` token). `--hashtags` rewrites the
 hashtags first, as other upstream tokenizers give them: `joined` merges `#` + word into one token, `split` cuts
 `#word` into `#` + `word` (tag on the word), `lowercase` lowercases every hashtag (`#darwin`); `given` (default)
-keeps the file's tokens.
+keeps the file's tokens. `--lowercase` lowercases every word first (posts written without capitals).
 `hashtags`: the recall of hashtag entities (PER/LOC/ORG) in each form of `--hashtags`, on the posts that hold a
 hashtag (Twitter-2015 test writes hashtags whole: `#Blackhawks`).
 `re`: every annotated asymmetric pair between entities of one type read backwards (`mnre.reversed_pairs`, gold
@@ -77,11 +77,13 @@ def _hashtag_recall(sentences: Sequence[ConllSentence], predicted: Sequence[Sequ
     return {"hashtag_entities": total, "recall": round(100.0 * found / max(1, total), 2)}
 
 
-def evaluate_ner(model: str, data: str, hashtags: str = "given") -> dict:
+def evaluate_ner(model: str, data: str, hashtags: str = "given", lowercase: bool = False) -> dict:
     from mmib_cli.inference import predict_ner
 
     loaded = load_model(model)
     sentences = [HASHTAG_FORMS[hashtags](s) for s in read_conll(data)]
+    if lowercase:
+        sentences = [ConllSentence([w.lower() for w in s.words], s.tags, s.image_id, s.line) for s in sentences]
     windows = loaded.featurizer.encode_ner([s.words for s in sentences])
     predicted = [p.tags for p in predict_ner(loaded, windows)]
     gold = [s.tags for s in sentences]
@@ -157,9 +159,10 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="single-task checkpoint directory")
     parser.add_argument("--data", required=True)
     parser.add_argument("--hashtags", choices=list(HASHTAG_FORMS), default="given")
+    parser.add_argument("--lowercase", action="store_true", help="(ner) lowercase every word first")
     args = parser.parse_args()
     if args.task == "ner":
-        result = evaluate_ner(args.model, args.data, args.hashtags)
+        result = evaluate_ner(args.model, args.data, args.hashtags, args.lowercase)
     elif args.task == "hashtags":
         result = evaluate_hashtags(args.model, args.data)
     else:
