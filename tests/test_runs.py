@@ -139,3 +139,17 @@ def test_fingerprint_names_the_image_root_however_it_is_spelled(src, tmp_path, m
                           for root in ("pics", str(tmp_path / "pics")))
     assert relative == absolute and relative.input_bytes == src.stat().st_size
 
+
+
+def test_model_digest_ignores_the_card_and_metrics_but_not_the_weights(tiny_bert_dir, tmp_path):
+    from conftest import build_tiny_checkpoint
+    from mmib_cli.runs.provenance import describe_model
+
+    model = build_tiny_checkpoint(tmp_path / "m", "ner", tiny_bert_dir, with_images=False)
+    before = describe_model(str(model)).digest
+    (model / "README.md").write_text("# a corrected model card\n", encoding="utf-8")
+    (model / "metrics.json").write_text("{}\n", encoding="utf-8")
+    assert describe_model(str(model)).digest == before
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "stride": 4}), encoding="utf-8")
+    assert describe_model(str(model)).digest != before

@@ -36,8 +36,13 @@ class ModelInfo:
     digest: str
 
 
+DESCRIPTIVE_FILES = frozenset({"README.md", "metrics.json", "training_args.json"})
+"""Checkpoint files that describe a model without changing its output: left out of its digest, so a model card
+fixed in a new release does not refuse `--resume` of an output the same weights started."""
+
+
 def describe_model(model: str, *, online: bool | None = None) -> ModelInfo:
-    """Resolve `--model` (without loading it) and describe it.
+    """Resolve `--model` (without loading it) and describe it (the digest covers every file but `DESCRIPTIVE_FILES`).
 
     Raises:
         MMIBError: the model cannot be resolved or its config cannot be read.
@@ -48,8 +53,10 @@ def describe_model(model: str, *, online: bool | None = None) -> ModelInfo:
     resolved = resolve_model(model, online=online)
     parts = read_bundle(resolved.path) or {"single": resolved.path}
     tasks = frozenset(str(read_config(path).get("task")) for path in parts.values())
-    files = json.dumps(checkpoint_files(resolved.path), sort_keys=True).encode()
-    return ModelInfo(resolved.label, tasks, "sha256:" + hashlib.sha256(files).hexdigest())
+    files = {rel: sha for rel, sha in checkpoint_files(resolved.path).items()
+             if rel.rsplit("/", 1)[-1] not in DESCRIPTIVE_FILES}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return ModelInfo(resolved.label, tasks, "sha256:" + digest)
 
 
 def run_info_path(output: Path) -> Path:
