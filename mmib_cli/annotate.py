@@ -14,11 +14,12 @@ import torch
 
 from mmib_cli.checkpoint.model_io import LoadedModel
 from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS,
-                              DEFAULT_MIN_SCORE, DEFAULT_MODEL, DType, Mode, OnMissingImage)
+                              DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import NERPrediction, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
-from mmib_cli.postprocess import PairSelection, bio_to_entities, relations_from_scores, select_pairs
+from mmib_cli.postprocess import (PairSelection, bio_to_entities, default_min_score, relations_from_scores,
+                                  select_pairs)
 from mmib_cli.runs.plan import PrepareSettings, RelationSettings
 from mmib_cli.text import Token, tokenize
 
@@ -327,7 +328,7 @@ class Annotator:
         rows = self._score_pairs(posts, plans, loaded)
         min_score = settings.min_score
         if min_score is None:
-            min_score = DEFAULT_MIN_SCORE if config.relation_min_score is None else config.relation_min_score
+            min_score = default_min_score(config)
         result: dict[int, tuple[list[dict[str, Any]], PairSelection]] = {}
         cursor = 0
         for post, (ents, selection) in zip(posts, plans):

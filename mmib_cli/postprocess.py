@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mmib_cli.choices import DEFAULT_MIN_SCORE
 from mmib_cli.io.records import Entity, Relation
 from mmib_cli.model.configuration import NER_LABELS, RE_LABELS
 
@@ -277,6 +278,12 @@ def select_pairs(entities: Sequence[Mapping[str, Any]], labels: Sequence[str] = 
             if not full:
                 chosen.extend(directions)
     return PairSelection(sorted(chosen), candidates)
+
+
+def default_min_score(config: Any) -> float:
+    """The `--min-score` of an RE checkpoint when none is given: its calibrated ``relation_min_score``, else
+    ``DEFAULT_MIN_SCORE``."""
+    return DEFAULT_MIN_SCORE if config.relation_min_score is None else config.relation_min_score
 
 
 def calibrate(values: Sequence[float], temperature: float = 1.0) -> list[float]:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from mmib_cli.checkpoint.model_io import load_model
 from mmib_cli.data.conll import ConllSentence, entity_spans, read_conll
 from mmib_cli.metrics import ner_scores
-from mmib_cli.postprocess import relation_signature, relations_from_scores
+from mmib_cli.postprocess import default_min_score, relation_signature, relations_from_scores
 
 
 def _join_hashtags(sentence: ConllSentence) -> ConllSentence:
@@ -52,9 +53,9 @@ def _split_hashtags(sentence: ConllSentence) -> ConllSentence:
 
 
 def _lowercase_hashtags(sentence: ConllSentence) -> ConllSentence:
-    words = [w.lower() if w.startswith("#") else w for w in sentence.words]
-    after_sign = [w.lower() if i and sentence.words[i - 1] == "#" else w for i, w in enumerate(words)]
-    return ConllSentence(after_sign, list(sentence.tags), sentence.image_id, sentence.line)
+    words = sentence.words
+    return replace(sentence, words=[w.lower() if w.startswith("#") or (i and words[i - 1] == "#") else w
+                                    for i, w in enumerate(words)])
 
 
 HASHTAG_FORMS = {"given": lambda s: s, "joined": _join_hashtags, "split": _split_hashtags,
@@ -83,7 +84,7 @@ def evaluate_ner(model: str, data: str, hashtags: str = "given", lowercase: bool
     loaded = load_model(model)
     sentences = [HASHTAG_FORMS[hashtags](s) for s in read_conll(data)]
     if lowercase:
-        sentences = [ConllSentence([w.lower() for w in s.words], s.tags, s.image_id, s.line) for s in sentences]
+        sentences = [replace(s, words=[w.lower() for w in s.words]) for s in sentences]
     windows = loaded.featurizer.encode_ner([s.words for s in sentences])
     predicted = [p.tags for p in predict_ner(loaded, windows)]
     gold = [s.tags for s in sentences]
@@ -100,8 +101,7 @@ def evaluate_hashtags(model: str, data: str) -> dict:
     from mmib_cli.inference import predict_ner
 
     loaded = load_model(model)
-    posts = [s for s in read_conll(data) if any(w.startswith("#") and len(w) > 1 for w in s.words)
-             or any(w == "#" for w in s.words)]
+    posts = [s for s in read_conll(data) if any(w.startswith("#") for w in s.words)]
     result = {}
     for form, rewrite in HASHTAG_FORMS.items():
         sentences = [rewrite(s) for s in posts]
@@ -123,7 +123,6 @@ def _pair_entities(instance) -> list[dict]:
 
 
 def evaluate_reversed(model: str, data: str) -> dict:
-    from mmib_cli.choices import DEFAULT_MIN_SCORE
     from mmib_cli.data.mnre import read_mnre, reversed_pairs
     from mmib_cli.inference import predict_re
 
@@ -139,12 +138,13 @@ def evaluate_reversed(model: str, data: str) -> dict:
     same = sum(p == f.relation for (f, _), p in zip(pairs, predicted))
     related = sum(p != "None" for p in predicted)
     # what `annotate --relations` / `relations --pair` emit when both directions are scored (postprocess rules)
-    min_score = DEFAULT_MIN_SCORE if config.relation_min_score is None else config.relation_min_score
+    min_score = default_min_score(config)
     outcome = {"forward": 0, "backward": 0, "none": 0}
     for (f, _), p_forward, p_backward in zip(pairs, forward.tolist(), backward.tolist()):
-        records = relations_from_scores(_pair_entities(f), [(0, 1), (1, 0)], [p_forward, p_backward], labels,
+        head, tail = _pair_entities(f)
+        records = relations_from_scores([head, tail], [(0, 1), (1, 0)], [p_forward, p_backward], labels,
                                         temperature=config.relation_temperature, min_score=min_score)
-        backwards = any(r["head"]["start"] == _pair_entities(f)[1]["start"] for r in records)
+        backwards = any(r["head"]["start"] == tail["start"] for r in records)
         outcome["backward" if backwards else "forward" if records else "none"] += 1
     share = {k: round(100.0 * v / max(1, len(pairs)), 2) for k, v in outcome.items()}
     return {"reversed_asymmetric_pairs": len(pairs), "forward_label_share": round(100.0 * same / max(1, len(pairs)), 2),

@@ -2,11 +2,10 @@
 WiSE-FT: Wortsman et al., CVPR 2022): the mean of every stored tensor, one model's cost at inference."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmib_cli.checkpoint.serialization import load_state, save_state
+from mmib_cli.checkpoint.serialization import _write_json, load_state, save_state
 from mmib_cli.errors import InvalidCheckpoint
 
 VERSION_KEYS = frozenset({"mmib_version"})  # which package version wrote the file: may differ between the parts
@@ -59,7 +58,6 @@ def average_checkpoints(directories: Sequence[str | Path], output: str | Path, *
     output = Path(output)
     save_state(output, first_config, mean, dtype=dtype)
     parts = [str(Path(d).resolve()) for d in directories]
-    (output / "training_args.json").write_text(json.dumps({"average_of": parts}, indent=2) + "\n", encoding="utf-8")
-    (output / "metrics.json").write_text(json.dumps({"best_epoch": None, "valid": None, "average_of": parts},
-                                                    indent=2) + "\n", encoding="utf-8")
+    _write_json(output / "training_args.json", {"average_of": parts})
+    _write_json(output / "metrics.json", {"best_epoch": None, "valid": None, "average_of": parts})
     return output
