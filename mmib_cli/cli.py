@@ -181,6 +181,9 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--reverse-pairs/--no-reverse-pairs", default=False, show_default=True,
               help="(re) Add every training pair reversed: asymmetric relations as None, symmetric ones with "
                    "their label.")
+@click.option("--reverse-pairs-weight", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True,
+              help="(re) Loss weight of the reversed pairs that become None (below 1: teach direction more gently).")
 @click.option("--lowercase-copies/--no-lowercase-copies", default=False, show_default=True,
               help="(ner) Add a lowercased copy of every training sentence, so entities written without capitals "
                    "are found too.")

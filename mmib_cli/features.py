@@ -32,6 +32,7 @@ class Window:
     head_index: int = 0  # RE: position of the head start marker
     tail_index: int = 0  # RE: position of the tail start marker
     post: int = 0  # index of the post (or pair) in the encoded batch
+    weight: float = 1.0  # RE training: weight of this pair in the loss (`--reverse-pairs-weight`)
 
 
 class Featurizer:
@@ -257,6 +258,8 @@ class Featurizer:
             out["tail_index"] = torch.tensor([w.tail_index for w in windows], dtype=torch.long)
             if windows[0].labels is not None:
                 out["labels"] = torch.tensor([w.labels[0] for w in windows], dtype=torch.long)
+                if any(w.weight != 1.0 for w in windows):
+                    out["label_weights"] = torch.tensor([w.weight for w in windows], dtype=torch.float)
         return out
 
 

@@ -150,7 +150,7 @@ def post_visual_tokens(model, windows: Sequence[Window], pixel_values: torch.Ten
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("labels", "label_weights")}
 
 
 @torch.inference_mode()

@@ -54,6 +54,7 @@ class TrainOptions:
     resume: bool = False
     init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
     reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
+    reverse_pairs_weight: float = 1.0  # RE: loss weight of the reversed pairs that become None
     lowercase_copies: bool = False  # NER: add a lowercased copy of every training sentence
     num_workers: int = 0
     device: str = DEFAULT_DEVICE
@@ -65,6 +66,8 @@ class TrainOptions:
         self.dtype = DType.parse(self.dtype, what="dtype")
         if self.reverse_pairs and self.task is not ModelTask.RE:
             raise UsageError("--reverse-pairs is for relation (re) training")
+        if self.reverse_pairs_weight != 1.0 and not self.reverse_pairs:
+            raise UsageError("--reverse-pairs-weight weighs the pairs --reverse-pairs adds: give --reverse-pairs")
         if self.lowercase_copies and self.task is not ModelTask.NER:
             raise UsageError("--lowercase-copies is for entity (ner) training")
 
@@ -248,6 +251,7 @@ def _read_splits(opts: TrainOptions, loaded: LoadedModel) -> tuple[Examples, Exa
     labels = loaded.model.config.labels
     train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
                               limit=opts.max_train, reverse_pairs=opts.reverse_pairs,
+                              reverse_pairs_weight=opts.reverse_pairs_weight,
                               lowercase_copies=opts.lowercase_copies)
     valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
     logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),

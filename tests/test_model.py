@@ -136,6 +136,23 @@ def test_forward_shapes_re_and_reduction() -> None:
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
+def test_re_label_weights_weigh_each_row() -> None:
+    """Weighted rows: all-ones weights change nothing; a weight of 0 drops the row; the mean is the weighted mean."""
+    model = make_model("re").eval()
+    batch = re_batch()
+    with torch.no_grad():
+        plain = model(**batch).task_loss
+        ones = model(**batch, label_weights=torch.ones(4)).task_loss
+        rows = [model(**{k: v[i:i + 1] for k, v in batch.items()}).task_loss for i in range(4)]
+        weights = torch.tensor([1.0, 0.0, 0.5, 1.0])
+        weighted = model(**batch, label_weights=weights).task_loss
+        summed = make_model("re", re_loss_reduction="sum").eval()(**batch, label_weights=weights).task_loss
+    torch.testing.assert_close(ones, plain)
+    expected = sum(w * r for w, r in zip(weights, rows))
+    torch.testing.assert_close(weighted, expected / weights.sum())
+    torch.testing.assert_close(summed, expected)
+
+
 # ---------------------------------------------------------------------------------------------------- regularizers
 
 

@@ -58,6 +58,21 @@ def test_read_examples_appends_the_reversed_pairs(tmp_path, tiny_bert_dir):
     both = read_examples("re", [path], featurizer, RE_LABELS, reverse_pairs=True)
     assert plain.gold == ["/loc/loc/contain"] and both.gold == ["/loc/loc/contain", "None"]
     assert both.windows[1].labels == [0] and both.windows[1].head_index != both.windows[0].head_index
+    assert [w.weight for w in both.windows] == [1.0, 1.0] and "label_weights" not in featurizer.collate(
+        both.windows, "re")
+    gentle = read_examples("re", [path], featurizer, RE_LABELS, reverse_pairs=True, reverse_pairs_weight=0.25)
+    assert [w.weight for w in gentle.windows] == [1.0, 0.25]  # only the reversed pair that became None
+    assert featurizer.collate(gentle.windows, "re")["label_weights"].tolist() == [1.0, 0.25]
+
+
+def test_reverse_pairs_weight_needs_reverse_pairs():
+    from mmib_cli.errors import UsageError
+    from mmib_cli.train import TrainOptions
+
+    with pytest.raises(UsageError, match="--reverse-pairs-weight"):
+        TrainOptions(task="re", train_files=["t"], valid_files=["v"], output="o", reverse_pairs_weight=0.5)
+    assert TrainOptions(task="re", train_files=["t"], valid_files=["v"], output="o", reverse_pairs=True,
+                        reverse_pairs_weight=0.5).reverse_pairs_weight == 0.5
 
 
 @pytest.mark.shared_data

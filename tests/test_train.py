@@ -210,6 +210,21 @@ def test_re_training_learns_and_eval_agrees(re_run, tmp_path):
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
 
+def test_re_training_with_weighted_reversed_pairs(tiny_bert_dir, tmp_path):
+    """`--reverse-pairs --reverse-pairs-weight`: the reversed `parent` pairs train as weighted None rows."""
+    rows = [{"token": f"{p} is the father of {c}".split(), "h": {"name": p, "pos": [0, 1]},
+             "t": {"name": c, "pos": [5, 6]}, "img_id": f"{i}.jpg", "relation": "/per/per/parent"}
+            for i, (p, c) in enumerate(zip(PEOPLE, PEOPLE[1:] + PEOPLE[:1]))]
+    data = write_mnre(tmp_path / "re.txt", rows)
+    summary, result = train_cli("re", data, data, tmp_path / "ckpt", *RE_ARGS, "--epochs", "1", "--reverse-pairs",
+                                "--reverse-pairs-weight", "0.25", text_dir=tiny_bert_dir)
+    assert "8 reversed pairs added (8 of them None, weight 0.25)" in result.stderr
+    args = json.loads((tmp_path / "ckpt" / "training_args.json").read_text())
+    assert args["reverse_pairs"] is True and args["reverse_pairs_weight"] == 0.25
+    invoke("train", "re", "--train", str(data), "--valid", str(data), "-o", str(tmp_path / "x"),
+           "--reverse-pairs-weight", "0", expect=2)
+
+
 def test_eval_missing_images_directory_is_a_usage_error(ner_run, tmp_path):
     result = invoke("eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
                     "--images", str(tmp_path / "nowhere"), expect=2)

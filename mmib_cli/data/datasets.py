@@ -31,10 +31,12 @@ class Examples:
 
 def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer, labels: list[str], *,
                   images: str | Path | None = None, limit: int | None = None,
-                  reverse_pairs: bool = False, lowercase_copies: bool = False) -> Examples:
+                  reverse_pairs: bool = False, reverse_pairs_weight: float = 1.0,
+                  lowercase_copies: bool = False) -> Examples:
     """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`.
 
-    `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances. `lowercase_copies` (NER
+    `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances; the reversed pairs that
+    become `None` weigh `reverse_pairs_weight` in the loss (`Window.weight`). `lowercase_copies` (NER
     only) appends a copy of every (limited) sentence with its words lowercased and its tags unchanged (the
     "augment" training of Mayhew et al., 2019: the uncased encoders see case only through the word shapes, so the
     copies teach the model to find entities written without capitals: `newsradio`, `#darwin`).
@@ -55,13 +57,17 @@ def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer
         from mmib_cli.data.mnre import image_path, read_mnre, reversed_pairs
 
         instances = [x for f in files for x in read_mnre(f)][:limit]
+        annotated = len(instances)
         if reverse_pairs:
             added = reversed_pairs(instances)
-            logger.info("%d reversed pairs added (%d of them None)", len(added),
-                        sum(x.relation == "None" for x in added))
+            logger.info("%d reversed pairs added (%d of them None, weight %g)", len(added),
+                        sum(x.relation == "None" for x in added), reverse_pairs_weight)
             instances += added
         windows = featurizer.encode_re_batch([(x.words, x.head, x.tail) for x in instances],
                                              [label_id[x.relation] for x in instances])
+        for window, instance in zip(windows[annotated:], instances[annotated:]):
+            if instance.relation == "None":
+                window.weight = reverse_pairs_weight
         windows_per_post = [[w] for w in windows]
         paths = [image_path(x, images) if images else None for x in instances]
         gold = [x.relation for x in instances]

@@ -475,7 +475,8 @@ class MMIBModel(nn.Module):
         return emissions, self.crf.neg_log_likelihood(emissions, labels, word_mask, reduction="mean")
 
     def _re_head(
-        self, fused: Tensor, head_index: Tensor | None, tail_index: Tensor | None, labels: Tensor | None
+        self, fused: Tensor, head_index: Tensor | None, tail_index: Tensor | None, labels: Tensor | None,
+        label_weights: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         if head_index is None or tail_index is None:
             raise ValueError("task 're' needs head_index (B,) and tail_index (B,)")
@@ -484,7 +485,12 @@ class MMIBModel(nn.Module):
         logits = self.classifier(pair)
         if labels is None:
             return logits, None
-        loss = F.cross_entropy(logits.float(), labels.long(), reduction=self.config.re_loss_reduction)
+        if label_weights is None:
+            return logits, F.cross_entropy(logits.float(), labels.long(), reduction=self.config.re_loss_reduction)
+        weights = label_weights.to(logits.device, torch.float)
+        loss = (F.cross_entropy(logits.float(), labels.long(), reduction="none") * weights).sum()
+        if self.config.re_loss_reduction == "mean":
+            loss = loss / weights.sum().clamp_min(1e-8)
         return logits, loss
 
     # ------------------------------------------------------------------ forward / decode
@@ -501,6 +507,7 @@ class MMIBModel(nn.Module):
         tail_index: Tensor | None = None,
         labels: Tensor | None = None,
         image_tokens: Tensor | None = None,
+        label_weights: Tensor | None = None,
     ) -> MMIBOutput:
         """Run MMIB on a batch (the dict of ``Featurizer.collate`` plus images).
 
@@ -516,6 +523,8 @@ class MMIBModel(nn.Module):
             tail_index: RE ``(B,)`` long: position of the tail start marker.
             labels: NER ``(B, W)`` tag ids (0 where masked) or RE ``(B,)`` label ids; enables the losses.
             image_tokens: optional ``(B, N, d)`` visual tokens from `visual_tokens`, instead of ``pixel_values``.
+            label_weights: optional RE ``(B,)`` weight of each row's loss (the weighted mean when the reduction is
+                ``"mean"``); all 1 when absent.
 
         Returns:
             ``MMIBOutput``; ``loss`` and ``task_loss`` only when ``labels`` is given.
@@ -538,7 +547,7 @@ class MMIBModel(nn.Module):
         if self.config.task == "ner":
             logits, task_loss = self._ner_head(fused, word_index, word_mask, labels)
         else:
-            logits, task_loss = self._re_head(fused, head_index, tail_index, labels)
+            logits, task_loss = self._re_head(fused, head_index, tail_index, labels, label_weights)
         loss = None
         if task_loss is not None:
             loss = task_loss
