@@ -21,6 +21,7 @@ from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_t
 from mmib_cli.errors import UsageError
 from mmib_cli.evaluate import score_examples
 from mmib_cli.features import Featurizer
+from mmib_cli.model.tuning import copy_into_wider_lora, lora_rank
 
 logger = logging.getLogger(__name__)
 
@@ -234,16 +235,37 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
     found = read_config(directory).get("task")
     if found != task:
         raise UsageError(f"--init {spec}: {directory} is a {found} checkpoint, not {task}")
-    fixed = sorted(set(overrides or {}) - INIT_OVERRIDES)
+    overrides = dict(overrides or {})
+    tuning = overrides.pop("encoder_tuning", None)
+    fixed = sorted(set(overrides) - INIT_OVERRIDES)
     if fixed:
         raise UsageError(f"--config {', '.join(fixed)}: a model started with --init keeps its checkpoint's "
-                         f"architecture; only {', '.join(sorted(INIT_OVERRIDES))} may change")
+                         f"architecture; only {', '.join(sorted(INIT_OVERRIDES))} may change (and "
+                         "encoder_tuning may widen LoRA adapters)")
     loaded = load_model(directory, device="cpu", for_inference=False)
+    if tuning is not None and tuning != loaded.model.config.encoder_tuning:
+        loaded = _widen_lora(loaded, tuning)
     if overrides:
         config = type(loaded.model.config).from_dict({**loaded.model.config.to_dict(), **overrides})  # validated
         loaded.model.config = config
         loaded.featurizer = Featurizer.from_config(loaded.featurizer.tokenizer, config)
     return loaded
+
+
+def _widen_lora(loaded: LoadedModel, tuning: str) -> LoadedModel:
+    """The loaded model with wider LoRA adapters (`--init ... --config encoder_tuning=lora:R`), computing the same
+    function at the start (`tuning.copy_into_wider_lora`)."""
+    old = loaded.model.config.encoder_tuning
+    old_rank, new_rank = lora_rank(old), lora_rank(str(tuning))
+    if old_rank is None or new_rank is None or new_rank < old_rank:
+        raise UsageError(f"--config encoder_tuning={tuning}: a model started with --init keeps its encoder tuning "
+                         f"({old}) or widens its LoRA adapters (lora:R with R >= {old_rank or '...'})")
+    config = type(loaded.model.config).from_dict({**loaded.model.config.to_dict(), "encoder_tuning": tuning})
+    wider = build_model(config, load_image_backbone=True)
+    copy_into_wider_lora(loaded.model, wider.model)
+    logger.info("LoRA adapters widened from %s to %s", old, tuning)
+    wider.directory = loaded.directory
+    return wider
 
 
 def _read_splits(opts: TrainOptions, loaded: LoadedModel) -> tuple[Examples, Examples]:

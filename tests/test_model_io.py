@@ -168,6 +168,27 @@ def test_lora_stores_only_adapters(tiny_bert_dir, tmp_path):
     assert torch.equal(_logits(loaded, "ner"), _logits(original, "ner"))
 
 
+def test_wider_lora_computes_the_same_until_trained(tiny_bert_dir):
+    from mmib_cli.model.tuning import copy_into_wider_lora
+
+    pytest.importorskip("peft")
+    narrow = _new("ner", tiny_bert_dir, encoder_tuning="lora:2")
+    _perturb(narrow.model)  # B no longer zero: the adapters matter
+    wide = _new("ner", tiny_bert_dir, encoder_tuning="lora:6")
+    copy_into_wider_lora(narrow.model, wide.model)
+    narrow.model.eval(), wide.model.eval()
+    torch.testing.assert_close(_logits(wide, "ner"), _logits(narrow, "ner"))
+    a = {n: p for n, p in wide.model.named_parameters() if "lora_A" in n}
+    assert a and all(p.shape[0] == 6 and p.requires_grad for p in a.values())
+    with torch.no_grad():  # the new ranks are live: moving their B columns changes the output
+        for name, param in wide.model.named_parameters():
+            if "lora_B" in name:
+                param[:, 2:].add_(0.5)
+    assert not torch.allclose(_logits(wide, "ner"), _logits(narrow, "ner"))
+    with pytest.raises(ValueError, match="cannot copy"):
+        copy_into_wider_lora(wide.model, narrow.model)
+
+
 def test_pinned_frozen_backbone_is_not_stored(tiny_bert_dir):
     original = _new("re", tiny_bert_dir)
     pinned = ImageBackboneInfo(16, 32, (0.5,) * 3, (0.5,) * 3, pinned=True)

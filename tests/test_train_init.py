@@ -70,6 +70,26 @@ def test_init_may_change_featurisation_settings(base_run, tmp_path):
     assert json.loads((base_run["ckpt"] / "config.json").read_text())["hashtag_words"] is True  # new runs: on
 
 
+def test_init_may_widen_lora_adapters(tiny_bert_dir, tmp_path):
+    pytest.importorskip("peft")
+    train = write_conll(tmp_path / "train.txt", ner_sentences())
+    args = [a if a != "8" else "1" for a in NER_ARGS]  # --epochs 1
+    train_cli("ner", train, train, tmp_path / "base", *args, "--config", "encoder_tuning=lora:2",
+              text_dir=tiny_bert_dir)
+    base_metrics, _ = eval_cli("ner", tmp_path / "base", train, tmp_path / "base.json")
+    result = _init_cli("ner", tmp_path / "base", train, tmp_path / "wide", "--lr", "0", "--head-lr", "0",
+                       "--config", "encoder_tuning=lora:4")
+    assert json.loads(result.stdout)["best_valid_f1"] == base_metrics["f1"]  # same function at the start
+    assert "widened from lora:2 to lora:4" in result.stderr
+    assert json.loads((tmp_path / "wide" / "config.json").read_text())["encoder_tuning"] == "lora:4"
+    a = [t for k, t in load_file(tmp_path / "wide" / "model.safetensors").items() if "lora_A" in k]
+    assert a and all(t.shape[0] == 4 for t in a)
+    for narrower in ("lora:1", "full"):
+        result = _init_cli("ner", tmp_path / "base", train, tmp_path / "x", "--config",
+                           f"encoder_tuning={narrower}", expect=2)
+        assert "widens its LoRA adapters" in result.stderr
+
+
 def test_init_missing_checkpoint_is_an_error(base_run, tmp_path):
     result = _init_cli("ner", tmp_path / "nope", base_run["train"], tmp_path / "x", expect=1)
     assert "nope" in result.stderr

@@ -55,6 +55,37 @@ def inject_lora(text_encoder: nn.Module, rank: int) -> None:
         param.requires_grad = "lora_" in name
 
 
+def lora_rank(tuning: str) -> int | None:
+    """The rank of a `lora:R` setting, None for the other settings."""
+    return int(tuning.split(":", 1)[1]) if tuning.startswith("lora:") else None
+
+
+def copy_into_wider_lora(source: nn.Module, target: nn.Module) -> None:
+    """Copy every tensor of `source` into `target`, whose LoRA adapters have a rank at least as large, in place.
+
+    An adapter's A rows and B columns fill the first ranks of the wider one; the other ranks keep the target's
+    initialisation (random A, zero B), and `lora_alpha / r` is 2 at every rank, so the target computes exactly what
+    the source computes until training moves the new ranks.
+
+    Raises:
+        ValueError: the two modules hold different tensors, or a target adapter is narrower than the source's.
+    """
+    target_state = target.state_dict()
+    source_state = source.state_dict()
+    if set(source_state) != set(target_state):
+        raise ValueError(f"the modules hold different tensors: {sorted(set(source_state) ^ set(target_state))[:5]}")
+    for name, tensor in source_state.items():
+        dest = target_state[name]
+        if "lora_A" in name and dest.size(0) >= tensor.size(0):
+            dest[: tensor.size(0)].copy_(tensor)
+        elif "lora_B" in name and dest.size(1) >= tensor.size(1):
+            dest[:, : tensor.size(1)].copy_(tensor)
+        elif dest.shape == tensor.shape:
+            dest.copy_(tensor)
+        else:
+            raise ValueError(f"{name}: cannot copy {tuple(tensor.shape)} into {tuple(dest.shape)}")
+
+
 def encoder_layers(text_encoder: nn.Module) -> list[nn.Module]:
     """The transformer layers of a BERT-style encoder (`encoder.layer`).
 
