@@ -167,7 +167,7 @@ def main() -> None:
         result = evaluate_hashtags(args.model, args.data)
     else:
         result = evaluate_reversed(args.model, args.data)
-    print(json.dumps({"model": args.model, "data": args.data, **vars(args), **result}, indent=2))
+    print(json.dumps({"arguments": vars(args), **result}, indent=2))  # arguments apart: "hashtags" is also a result
 
 
 if __name__ == "__main__":
