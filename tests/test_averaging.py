@@ -53,3 +53,19 @@ def test_other_architectures_and_single_checkpoints_are_refused(two_runs, tiny_b
     with pytest.raises(ValueError, match="at least two"):
         average_checkpoints([two_runs[0]], tmp_path / "one")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_setting_an_older_version_did_not_write_counts_as_its_default(two_runs, tmp_path):
+    import json
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(two_runs[1], older)
+    config = json.loads((older / "config.json").read_text())
+    assert config.pop("relation_temperature") == 1.0  # the default, written by newer versions only
+    (older / "config.json").write_text(json.dumps(config))
+    average_checkpoints([two_runs[0], older], tmp_path / "avg")
+    config["stride"] = config["stride"] + 1
+    (older / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidCheckpoint, match="stride"):
+        average_checkpoints([two_runs[0], older], tmp_path / "bad")

@@ -36,10 +36,11 @@ def average_checkpoints(directories: Sequence[str | Path], output: str | Path, *
         raise ValueError(f"averaging needs at least two checkpoints, got {len(directories)}")
     first_config, total = load_state(directories[0])
     total = {name: tensor.clone() for name, tensor in total.items()}
+    first_settings = _settings(directories[0], first_config)
     for directory in directories[1:]:
         config, state = load_state(directory)
-        differing = sorted(k for k in set(config) | set(first_config)
-                           if k not in VERSION_KEYS and config.get(k) != first_config.get(k))
+        settings = _settings(directory, config)
+        differing = sorted(k for k in set(settings) | set(first_settings) if settings.get(k) != first_settings.get(k))
         if differing:
             raise InvalidCheckpoint(f"{directory} and {directories[0]} differ in config.json ({', '.join(differing)}): "
                                     "only continuations of one model can be averaged")
@@ -61,3 +62,16 @@ def average_checkpoints(directories: Sequence[str | Path], output: str | Path, *
     _write_json(output / "training_args.json", {"average_of": parts})
     _write_json(output / "metrics.json", {"best_epoch": None, "valid": None, "average_of": parts})
     return output
+
+
+def _settings(directory: str | Path, config: dict) -> dict:
+    """A checkpoint's configuration with the defaults filled in (a key an older version did not write equals its
+    default) and without the version of the package that wrote it."""
+    from mmib_cli.checkpoint.model_io import CHECKPOINT_KEYS
+    from mmib_cli.model import MMIBConfig
+
+    try:
+        model = MMIBConfig.from_dict({k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}).to_dict()
+    except (ValueError, TypeError) as exc:
+        raise InvalidCheckpoint(f"invalid checkpoint {directory}: config.json: {exc}") from None
+    return {**{k: v for k, v in config.items() if k in CHECKPOINT_KEYS and k not in VERSION_KEYS}, **model}
