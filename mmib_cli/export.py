@@ -3,7 +3,7 @@
 Label Studio tasks (its "Basic Label Studio JSON format" with a ``predictions`` list)::
 
     {"data": {"text": ..., "image": ..., "post_id": ..., "line": ...},
-     "predictions": [{"model_version": "mmib-default@0.2.0", "score": 0.52, "result": [
+     "predictions": [{"model_version": "mmib-default@0.3.0", "score": 0.52, "result": [
         {"id": "e0", "from_name": "label", "to_name": "text", "type": "labels", "score": 0.99,
          "value": {"start": 0, "end": 14, "text": "Eileen Collins", "labels": ["PER"]}},
         {"type": "relation", "from_id": "e0", "to_id": "e1", "direction": "right", "labels": ["/per/org/member_of"]}]}]}
