@@ -84,7 +84,7 @@ def test_init_may_widen_lora_adapters(tiny_bert_dir, tmp_path):
     assert json.loads((tmp_path / "wide" / "config.json").read_text())["encoder_tuning"] == "lora:4"
     a = [t for k, t in load_file(tmp_path / "wide" / "model.safetensors").items() if "lora_A" in k]
     assert a and all(t.shape[0] == 4 for t in a)
-    for narrower in ("lora:1", "full"):
+    for narrower in ("lora:1", "full", "lora:x"):
         result = _init_cli("ner", tmp_path / "base", train, tmp_path / "x", "--config",
                            f"encoder_tuning={narrower}", expect=2)
         assert "widens its LoRA adapters" in result.stderr

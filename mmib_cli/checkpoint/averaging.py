@@ -67,11 +67,7 @@ def average_checkpoints(directories: Sequence[str | Path], output: str | Path, *
 def _settings(directory: str | Path, config: dict) -> dict:
     """A checkpoint's configuration with the defaults filled in (a key an older version did not write equals its
     default) and without the version of the package that wrote it."""
-    from mmib_cli.checkpoint.model_io import CHECKPOINT_KEYS
-    from mmib_cli.model import MMIBConfig
+    from mmib_cli.checkpoint.model_io import CHECKPOINT_KEYS, load_config
 
-    try:
-        model = MMIBConfig.from_dict({k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}).to_dict()
-    except (ValueError, TypeError) as exc:
-        raise InvalidCheckpoint(f"invalid checkpoint {directory}: config.json: {exc}") from None
-    return {**{k: v for k, v in config.items() if k in CHECKPOINT_KEYS and k not in VERSION_KEYS}, **model}
+    checkpoint = {k: v for k, v in config.items() if k in CHECKPOINT_KEYS and k not in VERSION_KEYS}
+    return {**checkpoint, **load_config(directory).to_dict()}

@@ -56,8 +56,9 @@ def inject_lora(text_encoder: nn.Module, rank: int) -> None:
 
 
 def lora_rank(tuning: str) -> int | None:
-    """The rank of a `lora:R` setting, None for the other settings."""
-    return int(tuning.split(":", 1)[1]) if tuning.startswith("lora:") else None
+    """The rank of a `lora:R` setting, None for the other settings (and for a `lora:` without a number)."""
+    prefix, _, rank = tuning.partition(":")
+    return int(rank) if prefix == "lora" and rank.isdigit() else None
 
 
 def copy_into_wider_lora(source: nn.Module, target: nn.Module) -> None:
