@@ -120,6 +120,34 @@ def test_a_second_run_on_a_locked_output_fails_fast(posts, reference, tiny_text_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.run.json"]  # lock file removed
 
 
+@pytest.mark.parametrize("step", ["flock", "_same_file", "ftruncate"])
+def test_a_signal_while_locking_leaves_no_lock_file(tmp_path, monkeypatch, step):
+    """`Interrupted` at any step of taking the lock (the writer included): no lock file stays, the output is free."""
+    import mmib_cli.io.lock as lock
+    from mmib_cli.io.writer import AtomicJSONLWriter
+    from mmib_cli.signals import Interrupted
+
+    out = tmp_path / "out.jsonl"
+    module, name = {"flock": (lock.fcntl, "flock"), "_same_file": (lock, "_same_file"),
+                    "ftruncate": (lock.os, "ftruncate")}[step]
+    real = getattr(module, name)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if not calls:
+            calls.append(name)
+            raise Interrupted(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    with pytest.raises(Interrupted):
+        AtomicJSONLWriter(out)
+    assert calls and not lock.lock_path(out).exists()
+    with OutputLock(out):  # nothing holds it
+        assert lock.lock_path(out).exists()
+    assert not lock.lock_path(out).exists()
+
+
 def test_the_lock_is_held_while_the_model_loads(posts, tiny_text_only_ner, tmp_path, monkeypatch):
     import mmib_cli.pipeline as pipeline
 

@@ -42,7 +42,10 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        """Take the lock (see the class docstring for what it raises); returns self."""
+        """Take the lock (see the class docstring for what it raises); returns self.
+
+        A signal (`Interrupted`) at any point leaves no lock file behind that this run created or held.
+        """
         while self._fd is None:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -51,17 +54,25 @@ class OutputLock:
                                 f"{self.path.parent}: {exc.strerror or exc}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = _same_file(fd, self.path)  # else the previous holder removed it: lock the new one
             except BlockingIOError:
                 holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
                 os.close(fd)
                 raise OutputLocked(f"output {self.output} is in use by another mmib run (pid and host: {holder}; "
                                    f"lock {self.path}); wait for it to finish") from None
-            if _same_file(fd, self.path):
+            except BaseException:
+                _discard(fd, self.path)
+                raise
+            if locked:
                 self._fd = fd
-            else:  # the previous holder removed the file between our open and our lock: lock the new one
+            else:
                 os.close(fd)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def release(self) -> None:
@@ -80,6 +91,18 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _discard(fd: int, path: Path) -> None:
+    """Close a lock file descriptor that never became the lock, removing the file if no other run holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(fd, path):
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass  # another run holds it (or it is gone): its file stays
+    finally:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

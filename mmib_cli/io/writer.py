@@ -159,8 +159,9 @@ class AtomicJSONLWriter:
                 raise UsageError(f"--resume needs a regular output file; {path} is a FIFO or device")
             self.direct = True
             return
-        self._lock = OutputLock(target).acquire()
-        try:
+        self._lock = OutputLock(target)
+        try:  # a signal may arrive anywhere here: the lock (if taken) is released, its file removed
+            self._lock.acquire()
             self._check_existing(force=force, resume=resume)
         except BaseException:
             self._lock.release()
