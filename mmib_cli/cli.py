@@ -187,6 +187,10 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--lowercase-copies/--no-lowercase-copies", default=False, show_default=True,
               help="(ner) Add a lowercased copy of every training sentence, so entities written without capitals "
                    "are found too.")
+@click.option("--mention-swaps/--no-mention-swaps", default=False, show_default=True,
+              help="(ner) Add a copy of every training sentence whose entity mentions are replaced by random "
+                   "mentions of the same type from the training files (seeded by --seed), so names never seen "
+                   "are found from their context.")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
               help="DataLoader worker processes (image decoding).")
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,

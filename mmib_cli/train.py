@@ -57,6 +57,7 @@ class TrainOptions:
     reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
     reverse_pairs_weight: float = 1.0  # RE: loss weight of the reversed pairs that become None
     lowercase_copies: bool = False  # NER: add a lowercased copy of every training sentence
+    mention_swaps: bool = False  # NER: add a copy of every training sentence with its mentions swapped
     num_workers: int = 0
     device: str = DEFAULT_DEVICE
     dtype: DType = DType.AUTO
@@ -71,6 +72,8 @@ class TrainOptions:
             raise UsageError("--reverse-pairs-weight weighs the pairs --reverse-pairs adds: give --reverse-pairs")
         if self.lowercase_copies and self.task is not ModelTask.NER:
             raise UsageError("--lowercase-copies is for entity (ner) training")
+        if self.mention_swaps and self.task is not ModelTask.NER:
+            raise UsageError("--mention-swaps is for entity (ner) training")
 
     @classmethod
     def from_cli(cls, *, config_overrides: tuple[str, ...] = (), **options: Any) -> "TrainOptions":
@@ -269,12 +272,13 @@ def _widen_lora(loaded: LoadedModel, tuning: str) -> LoadedModel:
 
 
 def _read_splits(opts: TrainOptions, loaded: LoadedModel) -> tuple[Examples, Examples]:
-    """Featurised train and valid examples (train: with the RE pair or NER lowercase augmentation when asked)."""
+    """Featurised train and valid examples (train: with the RE pair or NER copies when asked)."""
     labels = loaded.model.config.labels
     train_set = read_examples(opts.task, opts.train_files, loaded.featurizer, labels, images=opts.images,
                               limit=opts.max_train, reverse_pairs=opts.reverse_pairs,
                               reverse_pairs_weight=opts.reverse_pairs_weight,
-                              lowercase_copies=opts.lowercase_copies)
+                              lowercase_copies=opts.lowercase_copies, mention_swaps=opts.mention_swaps,
+                              seed=opts.seed)
     valid_set = read_examples(opts.task, opts.valid_files, loaded.featurizer, labels, images=opts.images)
     logger.info("train: %d windows from %d posts; valid: %d posts; images in train: %d", len(train_set.windows),
                 len(train_set.gold), len(valid_set.gold), train_set.images_found)

@@ -225,6 +225,16 @@ def test_re_training_with_weighted_reversed_pairs(tiny_bert_dir, tmp_path):
            "--reverse-pairs-weight", "0", expect=2)
 
 
+def test_ner_training_with_mention_swaps(tiny_bert_dir, tmp_path):
+    """`--mention-swaps` doubles the training sentences and is recorded in the run's arguments."""
+    train = write_conll(tmp_path / "train.txt", ner_sentences())
+    summary, result = train_cli("ner", train, train, tmp_path / "ckpt", *NER_ARGS, "--epochs", "1",
+                                "--mention-swaps", "--seed", "3", text_dir=tiny_bert_dir)
+    assert "16 copies with swapped mentions added (seed 3)" in result.stderr
+    assert "train: 32 windows from 32 posts" in result.stderr
+    assert json.loads((tmp_path / "ckpt" / "training_args.json").read_text())["mention_swaps"] is True
+
+
 def test_eval_missing_images_directory_is_a_usage_error(ner_run, tmp_path):
     result = invoke("eval", "ner", "--model", str(ner_run["out"]), "--data", str(ner_run["valid"]),
                     "--images", str(tmp_path / "nowhere"), expect=2)

@@ -69,7 +69,52 @@ def test_lowercase_copies_follow_the_sentences_with_their_tags(tmp_path, tiny_be
     assert len(limited.gold) == 2
 
 
-@pytest.mark.parametrize(("task", "flag"), [("ner", "reverse_pairs"), ("re", "lowercase_copies")])
+def test_mention_swapped_copies_keep_the_context_and_draw_mentions_of_the_same_type(tmp_path):
+    from mmib_cli.data.augment import mention_swapped
+
+    path = tmp_path / "wnut.conll"
+    path.write_text(WNUT_SAMPLE, encoding="utf-8")
+    sentences = read_conll(path)
+    pool = {kind: {tuple(s.words[b:e]) for s in sentences for k, b, e in entity_spans(s.tags) if k == kind}
+            for kind in ("PER", "LOC", "ORG", "MISC")}
+    copies_by_seed = [mention_swapped(sentences, seed=seed) for seed in range(8)]
+    for copies in copies_by_seed:
+        assert len(copies) == len(sentences)
+        for original, copy in zip(sentences, copies):
+            assert (copy.image_id, copy.line) == (original.image_id, original.line)
+            assert len(copy.words) == len(copy.tags)
+            spans, old_spans = entity_spans(copy.tags), entity_spans(original.tags)
+            assert [k for k, _, _ in spans] == [k for k, _, _ in old_spans]  # same types, same order
+            for kind, begin, end in spans:
+                assert tuple(copy.words[begin:end]) in pool[kind]
+                assert copy.tags[begin:end] == [f"B-{kind}"] + [f"I-{kind}"] * (end - begin - 1)
+            outside = [w for i, w in enumerate(copy.words) if copy.tags[i] == "O"]
+            assert outside == [w for i, w in enumerate(original.words) if original.tags[i] == "O"]
+    assert copies_by_seed[3] == mention_swapped(sentences, seed=3)  # seeded: the same copies every run
+    assert any(c.words != s.words for copies in copies_by_seed for c, s in zip(copies, sentences))
+    assert len({tuple(tuple(c.words) for c in copies) for copies in copies_by_seed}) > 1
+
+
+def test_mention_swaps_add_one_copy_per_sentence(tmp_path, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from mmib_cli.data.datasets import read_examples
+    from mmib_cli.features import Featurizer
+    from mmib_cli.model.configuration import NER_LABELS
+
+    path = tmp_path / "wnut.conll"
+    path.write_text(WNUT_SAMPLE, encoding="utf-8")
+    featurizer = Featurizer(AutoTokenizer.from_pretrained(str(tiny_bert_dir)))
+    plain = read_examples("ner", [path], featurizer, NER_LABELS)
+    swapped = read_examples("ner", [path], featurizer, NER_LABELS, mention_swaps=True, seed=5)
+    assert swapped.gold[:2] == plain.gold and len(swapped.gold) == 4
+    assert swapped.windows[:len(plain.windows)] == plain.windows
+    both = read_examples("ner", [path], featurizer, NER_LABELS, lowercase_copies=True, mention_swaps=True, seed=5)
+    assert len(both.gold) == 6 and both.gold[4:] == swapped.gold[2:]
+
+
+@pytest.mark.parametrize(("task", "flag"), [("ner", "reverse_pairs"), ("re", "lowercase_copies"),
+                                            ("re", "mention_swaps")])
 def test_an_augmentation_of_the_other_task_is_refused(task, flag):
     from mmib_cli.errors import UsageError
     from mmib_cli.train import TrainOptions

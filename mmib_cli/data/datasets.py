@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,23 +32,28 @@ class Examples:
 def read_examples(task: str, files: Sequence[str | Path], featurizer: Featurizer, labels: list[str], *,
                   images: str | Path | None = None, limit: int | None = None,
                   reverse_pairs: bool = False, reverse_pairs_weight: float = 1.0,
-                  lowercase_copies: bool = False) -> Examples:
+                  lowercase_copies: bool = False, mention_swaps: bool = False, seed: int = 0) -> Examples:
     """Read CoNLL (ner) or MNRE (re) files, featurise them with gold labels, and locate images in `images`.
 
     `reverse_pairs` (RE only) appends `mnre.reversed_pairs` of the (limited) instances; the reversed pairs that
-    become `None` weigh `reverse_pairs_weight` in the loss (`Window.weight`). `lowercase_copies` (NER
-    only) appends a copy of every (limited) sentence with its words lowercased and its tags unchanged (the
-    "augment" training of Mayhew et al., 2019: the uncased encoders see case only through the word shapes, so the
-    copies teach the model to find entities written without capitals: `newsradio`, `#darwin`).
+    become `None` weigh `reverse_pairs_weight` in the loss (`Window.weight`). NER only: `lowercase_copies`
+    appends a lowercased copy of every (limited) sentence (`augment.lowercased`), `mention_swaps` a copy with each
+    entity mention replaced by a random one of its type (`augment.mention_swapped`, seeded by `seed`).
     """
     label_id = {label: i for i, label in enumerate(labels)}
     if task == "ner":
+        from mmib_cli.data.augment import lowercased, mention_swapped
         from mmib_cli.data.conll import image_path, read_conll
 
         sentences = [s for f in files for s in read_conll(f)][:limit]
+        copies = []
         if lowercase_copies:
-            sentences += [replace(s, words=[w.lower() for w in s.words]) for s in sentences]
-            logger.info("%d lowercased copies added", len(sentences) // 2)
+            copies += lowercased(sentences)
+            logger.info("%d lowercased copies added", len(sentences))
+        if mention_swaps:
+            copies += mention_swapped(sentences, seed=seed)
+            logger.info("%d copies with swapped mentions added (seed %d)", len(sentences), seed)
+        sentences += copies
         windows_per_post = featurizer.encode_ner([s.words for s in sentences],
                                                  [[label_id[t] for t in s.tags] for s in sentences])
         paths = [image_path(s, images) if images else None for s in sentences]
