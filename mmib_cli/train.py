@@ -104,7 +104,7 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {"output": str(self.output), "best_epoch": self.best_epoch,
                 "best_valid_f1": self.best_valid.get("f1"), "seconds": round(self.seconds, 1),
-                "epochs_run": len(self.history)}
+                "epochs_run": sum(record["epoch"] > 0 for record in self.history)}
 
 
 def seed_everything(seed: int) -> None:
@@ -174,6 +174,8 @@ def train(opts: TrainOptions) -> TrainResult:
     scheduler = _scheduler(optimizer, opts, len(loader))
     state = _initial_state(out, optimizer, scheduler) if resuming else _fresh_state()
     precision = _AutocastPlan.for_run(opts.dtype, device)
+    if opts.init and not resuming:
+        _score_start(loaded, valid_set, state, out, opts, time.perf_counter() - start)
     for epoch in range(state["epoch"] + 1, opts.epochs + 1):
         seed_everything(opts.seed + epoch)
         loader.generator.manual_seed(opts.seed + epoch)
@@ -188,8 +190,29 @@ def train(opts: TrainOptions) -> TrainResult:
         if state["bad_epochs"] >= opts.patience:
             logger.info("early stop: no valid improvement for %d epochs", opts.patience)
             break
+    if opts.init and state["best_epoch"] == 0:
+        logger.warning("no epoch beat the starting model on the valid split (F1 %.2f): %s holds the starting "
+                       "model; the last epoch is in %s", state["best_f1"], out, out / LAST_DIR)
     return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],
                        time.perf_counter() - start)
+
+
+def _score_start(loaded: LoadedModel, valid_set: Examples, state: dict[str, Any], out: Path, opts: TrainOptions,
+                 seconds: float) -> None:
+    """`--init`: score the starting model on the valid split as epoch 0 and save it as the output.
+
+    An epoch then replaces it only with a higher valid F1, so continuing a checkpoint (on Label Studio corrections,
+    say) never leaves a model that selects worse than the one it started from.
+    """
+    loaded.model.eval()
+    metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
+    record = {"epoch": 0, "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
+              "valid_recall": metrics["recall"], "seconds": round(seconds, 1)}
+    state["history"].append(record)
+    state.update(best_f1=metrics["f1"], best_epoch=0, best_valid=metrics)
+    logger.info("epoch 0 (the starting model): %s", json.dumps(record))
+    _save(loaded, out, opts)
+    _write_metrics(out, state)
 
 
 def _starting_model(opts: TrainOptions, resuming: bool) -> LoadedModel:

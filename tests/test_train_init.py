@@ -45,6 +45,29 @@ def test_init_starts_from_the_checkpoint_weights(base_run, tmp_path):
     assert config["latent_size"] == 32  # the checkpoint's architecture, not the CLI defaults
 
 
+def test_a_continuation_that_never_beats_the_start_leaves_the_starting_model(base_run, tmp_path):
+    """--init scores the starting model as epoch 0: training on all-O labels worsens valid, so the output stays it."""
+    base = base_run["ckpt"]
+    base_metrics, _ = eval_cli("ner", base, base_run["train"], tmp_path / "base.json")
+    assert base_metrics["f1"] > 0
+    blank = write_conll(tmp_path / "blank.txt", [[(w, "O") for w, _ in s] for s in ner_sentences()])
+    out = tmp_path / "cont"
+    result = invoke("train", "ner", "--init", str(base), "--train", str(blank), "--valid", str(base_run["train"]),
+                    "-o", str(out), "--epochs", "2", "-b", "4", "--lr", "1e-3", "--head-lr", "1e-2", expect=0)
+    summary = json.loads(result.stdout)
+    assert summary["best_epoch"] == 0 and summary["best_valid_f1"] == base_metrics["f1"]
+    assert "no epoch beat the starting model" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2] and metrics["best_epoch"] == 0
+    assert all(h["valid_f1"] < base_metrics["f1"] for h in metrics["history"][1:])
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the starting weights, not the last epoch's
+    last = load_file(out / "last" / "model.safetensors")
+    assert any(not torch.equal(before[k], last[k].to(before[k].dtype)) for k in before)
+    evaluated, _ = eval_cli("ner", out, base_run["train"], tmp_path / "out.json")
+    assert evaluated["f1"] == base_metrics["f1"]
+
+
 def test_init_takes_the_task_part_of_a_bundle(base_run, tmp_path):
     from mmib_cli.checkpoint.serialization import write_bundle
 
