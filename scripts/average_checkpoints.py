@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from mmib_cli.checkpoint.averaging import average_checkpoints
+from mmib_cli.errors import MMIBError
 
 
 def main() -> None:
@@ -14,7 +15,10 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", help="two or more single-task checkpoint directories")
     parser.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
     args = parser.parse_args()
-    print(average_checkpoints(args.checkpoints, args.output))
+    try:
+        print(average_checkpoints(args.checkpoints, args.output))
+    except (MMIBError, ValueError) as exc:  # a missing or mismatched checkpoint: say which, no traceback
+        parser.exit(1, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

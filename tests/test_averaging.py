@@ -1,6 +1,8 @@
 """`average_checkpoints`: the mean of continued checkpoints (a model soup), refused across architectures."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import build_tiny_checkpoint
@@ -69,3 +71,15 @@ def test_a_setting_an_older_version_did_not_write_counts_as_its_default(two_runs
     (older / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidCheckpoint, match="stride"):
         average_checkpoints([two_runs[0], older], tmp_path / "bad")
+
+
+def test_the_script_names_a_missing_checkpoint_without_a_traceback(two_runs, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "average_checkpoints.py"), str(two_runs[0]),
+                             str(tmp_path / "nowhere"), "-o", str(tmp_path / "avg")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "nowhere does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "avg").exists()
