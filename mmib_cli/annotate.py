@@ -18,8 +18,8 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DE
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import NERPrediction, predict_ner, predict_re
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
-from mmib_cli.postprocess import (PairSelection, bio_to_entities, default_min_score, relations_from_scores,
-                                  select_pairs)
+from mmib_cli.postprocess import (PairSelection, bio_to_entities, default_min_score, output_entity,
+                                  relation_entity_types, relations_from_scores, select_pairs)
 from mmib_cli.runs.plan import PrepareSettings, RelationSettings
 from mmib_cli.text import Token, tokenize
 
@@ -38,7 +38,7 @@ class Prepared:
     pixels: torch.Tensor | None = None  # (3, S, S) uint8 crop, normalised per batch
     image_note: str | None = None  # why a given image was not used
     pairs: list[tuple[dict, dict]] | None = None  # relations mode: the (head, tail) entities the input gives
-    given_entities: list[dict] | None = None  # relations --pair: the entities the input gives, to pair up
+    given_entities: list[dict] | None = None  # relations: the input's `entities`, checked, as output entities
 
 
 Skipped = SkippedRecord
@@ -238,14 +238,18 @@ class Annotator:
                        relation_settings: RelationSettings | None) -> list[dict[str, Any]]:
         settings = relation_settings or RelationSettings()
         if mode is Mode.RELATIONS:
-            chunk = [_with_input_pairs(item, settings) if isinstance(item, Prepared) else item for item in chunk]
+            types = relation_entity_types(self.re.model.config.labels) if self.re and settings.type_constraints \
+                else frozenset()
+            chunk = [_with_input_pairs(item, settings, types) if isinstance(item, Prepared) else item
+                     for item in chunk]
         posts = [p for p in chunk if isinstance(p, Prepared)]
         want_relations = mode.wants_relations
         if want_relations and self.re is None:
             raise InvalidCheckpoint(f"model {self.model_label} has no relation (re) model")
         entities: dict[int, list[dict[str, Any]]] = {}
         bio: dict[int, list[str]] = {}
-        need_ner = [p for p in posts if mode is not Mode.RELATIONS or (settings.pair and "entities" not in p.post.raw)]
+        need_ner = [p for p in posts
+                    if mode is not Mode.RELATIONS or (settings.pair and p.post.raw.get("entities") is None)]
         if need_ner and self.ner is None:
             if mode is not Mode.RELATIONS:
                 raise InvalidCheckpoint(f"model {self.model_label} has no entity (ner) model")
@@ -265,8 +269,7 @@ class Annotator:
                 out.append(item.to_json())
             else:
                 key = id(item)
-                given = item.post.raw.get("entities")
-                ents = entities.get(key, given if isinstance(given, list) else [])
+                ents = entities.get(key, item.given_entities or [])
                 record = make_output(item.post, tokens=item.tokens,
                                      bio=bio.get(key, ["O"] * len(item.tokens)) if key in bio or not want_relations
                                      else _bio_from_entities(item.tokens, ents),
@@ -405,25 +408,56 @@ def _no_entities(item: Prepared | Skipped | ErrorRecord, model_label: str) -> Pr
                        "model to find them; give entities or use a model with an ner part")
 
 
-def _with_input_pairs(item: Prepared, settings: RelationSettings) -> Prepared | ErrorRecord:
-    """Attach the pairs a `relations` input asks about (given pairs, or pairs of its given entities)."""
+def _with_input_pairs(item: Prepared, settings: RelationSettings, types: frozenset[str]) -> Prepared | ErrorRecord:
+    """Attach the pairs a `relations` input asks about (given pairs, or pairs of its given entities).
+
+    `types`: the entity types the relation labels are defined over (empty: any label); a given entity labelled
+    otherwise could never be related under the type constraints, so it is an input error, not a silent empty list.
+    """
     try:
+        given = item.post.raw.get("entities")
+        if given is not None:
+            item.given_entities = _given_entities(given, item.post.text)
+        entities = list(item.given_entities or [])
         if not settings.pair:
             item.pairs = input_pairs(item)
-            for head, tail in item.pairs:
-                _word_span(item.tokens, head), _word_span(item.tokens, tail)
-        elif isinstance(item.post.raw.get("entities"), list):
-            item.given_entities = [_entity_from(e, item.post.text) if isinstance(e, dict) else _bad_entity(e)
-                                   for e in item.post.raw["entities"]]
-            for entity in item.given_entities:
-                _word_span(item.tokens, entity)
+            entities += [entity for pair in item.pairs for entity in pair]
+        for entity in entities:
+            _word_span(item.tokens, entity)
+            _check_type(entity, types)
     except InputError as exc:
-        return ErrorRecord.from_exception(exc, id=item.post.id, line=item.post.line)
+        message = str(exc) if str(exc).startswith("line ") else f"line {item.post.line}: {exc}"
+        return ErrorRecord.from_exception(InputError(message), id=item.post.id, line=item.post.line)
     return item
 
 
-def _bad_entity(value: Any) -> dict:
-    raise InputError(f"entities must be objects with start/end/label, got {value!r}")
+def _given_entities(given: Any, text: str) -> list[dict]:
+    """The input's `entities` as output entities (`text`, `label`, `start`, `end`, `score`: 1.0 when not given)."""
+    if not isinstance(given, list):
+        raise InputError(f'"entities" must be a list of {{"start", "end", "label"}} objects, got '
+                         f"{type(given).__name__} {_short(given)}")
+    entities = []
+    for value in given:
+        if not isinstance(value, dict):
+            raise InputError(f"entities must be objects with start/end/label, got {_short(value)}")
+        entity = _entity_from(value, text)
+        if "label" not in entity:
+            raise InputError(f"entity {_short(value)} needs a \"label\" (PER, LOC, ORG or MISC)")
+        entities.append(output_entity(entity, entity["label"]))
+    return entities
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_type(entity: dict, types: frozenset[str]) -> None:
+    label = entity.get("label")
+    if types and label is not None and label.upper() not in types:
+        raise InputError(f"entity {entity['text']!r} is labelled {_short(label)}, not one of the types the relation "
+                         f"labels use ({', '.join(sorted(types))}); map it, leave the label out, or pass "
+                         "--no-type-constraints")
 
 
 def _word_span(tokens: Sequence[Token], entity: dict) -> tuple[int, int]:
@@ -494,12 +528,12 @@ def given_pair_selection(pairs: Sequence[tuple[dict, dict]],
 
 
 def _entity_from(value: dict, text: str) -> dict:
-    try:
-        start, end = int(value["start"]), int(value["end"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"pair entity {value!r} needs integer start/end char offsets") from None
+    start, end = value.get("start"), value.get("end")
+    if not all(_is_whole_number(v) for v in (start, end)):
+        raise InputError(f"entity {_short(value)} needs whole-number start/end char offsets")
+    start, end = int(start), int(end)
     if not 0 <= start < end <= len(text):
-        raise InputError(f"pair entity offsets [{start}, {end}) are outside the text")
+        raise InputError(f"entity offsets [{start}, {end}) are outside the text ({len(text)} characters)")
     entity = {"text": text[start:end], "start": start, "end": end}
     if value.get("label"):
         entity["label"] = str(value["label"])
@@ -507,6 +541,13 @@ def _entity_from(value: dict, text: str) -> dict:
     if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0:
         entity["score"] = float(score)
     return entity
+
+
+def _is_whole_number(value: Any) -> bool:
+    """An int, or a float without a fraction (3.0); never a bool or a string."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _entity_from_words(value: dict, tokens: Sequence[Token], text: str) -> dict:

@@ -27,6 +27,8 @@ __all__ = [
     "calibrate",
     "constrain_relation_scores",
     "is_symmetric",
+    "output_entity",
+    "relation_entity_types",
     "relation_signature",
     "relations_from_scores",
     "select_pairs",
@@ -53,6 +55,11 @@ def relation_signature(label: str) -> tuple[str, str] | None:
     if len(parts) < 4 or parts[0] or not parts[1] or not parts[2]:
         return None
     return ENTITY_TYPES.get(parts[1].lower(), parts[1].upper()), ENTITY_TYPES.get(parts[2].lower(), parts[2].upper())
+
+
+def relation_entity_types(labels: Sequence[str]) -> frozenset[str]:
+    """The entity types the signatures of `labels` name (``PER``, ``ORG``, ...); empty when no label has one."""
+    return frozenset(kind for label in labels if (sig := relation_signature(label)) for kind in sig)
 
 
 RELATION_SIGNATURES: dict[str, tuple[str, str]] = {
@@ -376,11 +383,11 @@ def _score_pair(row: int, head: int, tail: int, values: list[float], entities: S
 
 def _relation_record(entities: Sequence[Mapping[str, Any]], item: _Scored, label: str, score: float) -> Relation:
     head_type, tail_type = relation_signature(label) or ("MISC", "MISC")
-    return {"head": _output_entity(entities[item.head], head_type),
-            "tail": _output_entity(entities[item.tail], tail_type), "relation": label, "score": _clamp_score(score)}
+    return {"head": output_entity(entities[item.head], head_type),
+            "tail": output_entity(entities[item.tail], tail_type), "relation": label, "score": _clamp_score(score)}
 
 
-def _output_entity(entity: Mapping[str, Any], fallback_label: str) -> Entity:
+def output_entity(entity: Mapping[str, Any], fallback_label: str) -> Entity:
     """An entity as the output schema wants it (``text, label, start, end, score``), a copy.
 
     Entities given by the input may lack a label (MNRE ``h``/``t``) and a score: the label then comes from the

@@ -126,6 +126,56 @@ def test_relations_pair_uses_given_entities(tiny_bundle, tmp_path, check):
     assert rec["relations"][0]["head"]["score"] == 0.9
 
 
+MERKEL = {"start": 10, "end": 16, "label": "PER"}
+
+
+@pytest.mark.parametrize(("entities", "message"), [
+    ("Obama", '"entities" must be a list'),
+    ({"start": 0, "end": 5}, '"entities" must be a list'),
+    ([{"start": 2.5, "end": 5, "label": "PER"}, MERKEL], "whole-number start/end"),
+    ([{"start": True, "end": 5, "label": "PER"}, MERKEL], "whole-number start/end"),
+    ([{"start": "0", "end": 5, "label": "PER"}, MERKEL], "whole-number start/end"),
+    ([{"start": 0, "end": 99, "label": "PER"}, MERKEL], "outside the text"),
+    ([{"start": 0, "end": 5, "label": "PERSON"}, MERKEL], "labelled 'PERSON', not one of the types"),
+    (["Obama", MERKEL], "entities must be objects"),
+    ([{"start": 0, "end": 5}, MERKEL], 'needs a "label"'),
+])
+def test_relations_pair_refuses_malformed_given_entities(tiny_bundle, tmp_path, check, entities, message):
+    """Given entities that are not a list, offsets that are not whole numbers, or labels no relation is defined
+    over would be truncated or silently give no relations: each is an InvalidInput record naming its line."""
+    rows = [{"id": "bad", "text": "Obama met Merkel", "entities": entities},
+            {"id": "good", "text": "Obama met Merkel", "entities": [{"start": 0, "end": 5, "label": "PER"}, MERKEL]}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = invoke("relations", src, "-o", tmp_path / "o.jsonl", "-m", tiny_bundle, "--num-workers", "0", "--pair",
+                    "--keep-none", expect=3)
+    bad, good = read_out(tmp_path / "o.jsonl", check)
+    assert bad["error"]["type"] == "InvalidInput" and message in bad["error"]["message"], result.output
+    assert bad["error"]["message"].startswith("line 1: ")
+    assert [(r["head"]["text"], r["tail"]["text"]) for r in good["relations"]] == [("Obama", "Merkel"),
+                                                                                 ("Merkel", "Obama")]
+
+
+def test_relations_pair_given_entity_forms_that_are_accepted(tiny_bundle, tmp_path, check):
+    """Whole-number floats are offsets; any label goes without type constraints; `"entities": null` means none were
+    given, so NER finds them (as for a post without the field)."""
+    rows = [{"id": 1, "text": "Obama met Merkel", "entities": [{"start": 0.0, "end": 5.0, "label": "PER"}, MERKEL]},
+            {"id": 2, "text": "Obama met Merkel", "entities": None},
+            {"id": 3, "text": "Obama met Merkel"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    whole, null, absent = _run_relations(tiny_bundle, src, tmp_path / "o.jsonl", "--pair", "--keep-none",
+                                         check=check)
+    assert [r["head"]["start"] for r in whole["relations"]] == [0, 10]
+    # echoed as the output schema has them (`check` validates every line): text from the offsets, score 1.0
+    assert whole["entities"] == [{"text": "Obama", "label": "PER", "start": 0, "end": 5, "score": 1.0},
+                                 {"text": "Merkel", "label": "PER", "start": 10, "end": 16, "score": 1.0}]
+    assert null["entities"] == absent["entities"] and null["relations"] == absent["relations"]
+    src = write_jsonl(tmp_path / "labels.jsonl", [
+        {"id": 1, "text": "Obama met Merkel", "entities": [{"start": 0, "end": 5, "label": "PERSON"}, MERKEL]}])
+    [free] = _run_relations(tiny_bundle, src, tmp_path / "p.jsonl", "--pair", "--keep-none", "--no-type-constraints",
+                            check=check)
+    assert len(free["relations"]) == 2
+
+
 def test_annotate_relations_flag(tiny_bundle, pair_input, tmp_path, check):
     result = invoke("annotate", pair_input, "-o", tmp_path / "o.jsonl", "-m", tiny_bundle, "--relations",
                     "--num-workers", "0")
