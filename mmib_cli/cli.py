@@ -178,6 +178,10 @@ def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[st
 @click.option("--init", default=None, metavar="CHECKPOINT",
               help="Continue training from a checkpoint (directory, registry name such as mmib-default, or hub "
                    "id; a bundle gives its TASK part): its adapters, heads and MMIB layers are the start.")
+@click.option("--select-init/--no-select-init", default=True, show_default=True,
+              help="(with --init) Score the starting checkpoint as epoch 0, so only an epoch with a higher valid F1 "
+                   "replaces it in OUTPUT; --no-select-init writes the best trained epoch even when it is worse "
+                   "(for weight averaging).")
 @click.option("--reverse-pairs/--no-reverse-pairs", default=False, show_default=True,
               help="(re) Add every training pair reversed: asymmetric relations as None, symmetric ones with "
                    "their label.")

@@ -54,6 +54,7 @@ class TrainOptions:
     max_train: int | None = None
     resume: bool = False
     init: str | None = None  # checkpoint to continue training from (its task part, its architecture)
+    select_init: bool = True  # --init: the starting checkpoint is epoch 0 of the selection
     reverse_pairs: bool = False  # RE: add reversed pairs (asymmetric → None, symmetric → same label)
     reverse_pairs_weight: float = 1.0  # RE: loss weight of the reversed pairs that become None
     lowercase_copies: bool = False  # NER: add a lowercased copy of every training sentence
@@ -174,7 +175,7 @@ def train(opts: TrainOptions) -> TrainResult:
     scheduler = _scheduler(optimizer, opts, len(loader))
     state = _initial_state(out, optimizer, scheduler) if resuming else _fresh_state()
     precision = _AutocastPlan.for_run(opts.dtype, device)
-    if opts.init and not resuming:
+    if opts.init and opts.select_init and not resuming:
         _score_start(loaded, valid_set, state, out, opts, time.perf_counter() - start)
     for epoch in range(state["epoch"] + 1, opts.epochs + 1):
         seed_everything(opts.seed + epoch)
@@ -190,7 +191,7 @@ def train(opts: TrainOptions) -> TrainResult:
         if state["bad_epochs"] >= opts.patience:
             logger.info("early stop: no valid improvement for %d epochs", opts.patience)
             break
-    if opts.init and state["best_epoch"] == 0:
+    if opts.init and opts.select_init and state["best_epoch"] == 0:
         logger.warning("no epoch beat the starting model on the valid split (F1 %.2f): %s holds the starting "
                        "model; the last epoch is in %s", state["best_f1"], out, out / LAST_DIR)
     return TrainResult(out, state["best_epoch"], state.get("best_valid") or {}, state["history"],

@@ -66,6 +66,14 @@ def test_a_continuation_that_never_beats_the_start_leaves_the_starting_model(bas
     assert any(not torch.equal(before[k], last[k].to(before[k].dtype)) for k in before)
     evaluated, _ = eval_cli("ner", out, base_run["train"], tmp_path / "out.json")
     assert evaluated["f1"] == base_metrics["f1"]
+    # --no-select-init: the best trained epoch, worse or not (what a weight average of start and run wants)
+    result = invoke("train", "ner", "--init", str(base), "--train", str(blank), "--valid", str(base_run["train"]),
+                    "-o", str(tmp_path / "trained"), "--epochs", "1", "-b", "4", "--lr", "1e-3", "--head-lr", "1e-2",
+                    "--no-select-init", expect=0)
+    assert json.loads(result.stdout)["best_epoch"] == 1 and "no epoch beat" not in result.stderr
+    trained = load_file(tmp_path / "trained" / "model.safetensors")
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    assert json.loads((tmp_path / "trained" / "training_args.json").read_text())["select_init"] is False
 
 
 def test_init_takes_the_task_part_of_a_bundle(base_run, tmp_path):
