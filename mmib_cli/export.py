@@ -120,8 +120,16 @@ def _is_annotated(record: dict[str, Any]) -> bool:
     return "error" not in record and "skipped" not in record and isinstance(record.get("text"), str)
 
 
-def _scores(items: Iterable[dict[str, Any]]) -> list[float]:
-    return [float(x["score"]) for x in items if isinstance(x.get("score"), (int, float))]
+def _score(item: dict[str, Any]) -> float | None:
+    """An item's `score` when it is a number in [0, 1] (a hand-edited output may hold anything there)."""
+    value = item.get("score")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        return None
+    return float(value)
+
+
+def _is_offset(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, Any]:
@@ -133,10 +141,11 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
     text = record["text"]
     result: list[dict[str, Any]] = []
     region_of: dict[tuple[int, int], str] = {}
+    scores: list[float] = []  # of the exported regions and relations only
 
     def region(entity: dict[str, Any]) -> str | None:
         start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
-        if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end <= len(text):
+        if not _is_offset(start) or not _is_offset(end) or not 0 <= start < end <= len(text):
             return None
         if (start, end) in region_of:
             return region_of[(start, end)]
@@ -146,8 +155,10 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
         region_of[(start, end)] = rid
         item = {"id": rid, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "labels",
                 "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]}}
-        if isinstance(entity.get("score"), (int, float)):
-            item["score"] = entity["score"]
+        score = _score(entity)
+        if score is not None:
+            item["score"] = score
+            scores.append(score)
         result.append(item)
         return rid
 
@@ -160,7 +171,7 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
         if head and tail:
             result.append({"type": "relation", "from_id": head, "to_id": tail, "direction": "right",
                            "labels": [str(rel.get("relation"))]})
-    scores = _scores(entities) + _scores(relations)
+            scores += [score] if (score := _score(rel)) is not None else []
     data = {"text": text, "image": image, "post_id": record.get("id"), "line": record.get("line")}
     return {"data": data, "predictions": [{"model_version": str(record.get("model", "mmib")),
                                            "score": min(scores) if scores else 1.0, "result": result}]}

@@ -72,6 +72,23 @@ def test_pairs_outside_the_entities_get_regions_or_are_left_out():
         "model_version": "tiny@1", "score": 1.0, "result": []}
 
 
+def test_a_hand_edited_record_exports_only_valid_regions_and_their_scores():
+    """Spans out of range, offsets that are not integers (`true`) and scores outside [0, 1] never reach a task, and
+    the task score is the lowest score of what is exported (not of the entities that were left out)."""
+    record = annotated(spans=(("Kawhi Leonard", "PER", 0.98), ("Clippers", "ORG", 0.9)), rels=())
+    record["entities"] += [{"text": "x", "label": "LOC", "start": 40, "end": 30, "score": 0.1},
+                           {"text": "K", "label": "PER", "start": True, "end": 5, "score": 0.2},
+                           {"text": "Los Angeles", "label": "LOC", "start": 38, "end": 49, "score": 2}]
+    record["relations"] = [{"head": record["entities"][0], "tail": record["entities"][1],
+                            "relation": "/per/org/member_of", "score": float("nan")}]
+    prediction = label_studio_task(record)["predictions"][0]
+    regions = [r for r in prediction["result"] if r["type"] == "labels"]
+    assert [(r["value"]["text"], r.get("score")) for r in regions] == [
+        ("Kawhi Leonard", 0.98), ("Clippers", 0.9), ("Los Angeles", None)]
+    assert prediction["score"] == 0.9
+    assert [r["labels"] for r in prediction["result"] if r["type"] == "relation"] == [["/per/org/member_of"]]
+
+
 def test_image_references(tmp_path):
     (tmp_path / "images").mkdir()
     refs = ImageRefs(tmp_path)
