@@ -179,12 +179,18 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
 
 def conll_block_of(record: dict[str, Any]) -> str:
     """One annotated record in the CoNLL layout `mmib train ner` reads (`IMGID:<photo stem>` when it has a photo)."""
-    from mmib_cli.data.conll import ConllSentence
+    from mmib_cli.data.conll import ConllSentence, is_readable_tag
     from mmib_cli.data.writers import conll_block
 
     tokens, tags = record.get("tokens") or [], record.get("bio") or []
-    if len(tokens) != len(tags):
-        raise ValueError(f"line {record.get('line')}: {len(tokens)} tokens but {len(tags)} BIO tags")
+    where = f"line {record.get('line')}"
+    if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+        raise ValueError(f"{where}: tokens and BIO tags must be lists of one length")
+    if not tokens:
+        raise ValueError(f"{where}: no words (a CoNLL sentence needs at least one)")
+    unreadable = [tag for tag in tags if not (isinstance(tag, str) and is_readable_tag(tag))]
+    if unreadable:
+        raise ValueError(f"{where}: BIO tag {unreadable[0]!r} is not one `mmib train ner` reads")
     words = [str(t.get("text", "")) if isinstance(t, dict) else str(t) for t in tokens]
     image = Path(record["image"]).stem if isinstance(record.get("image"), str) else None
     return conll_block(ConllSentence(words, list(tags), image, int(record.get("line") or 0)))

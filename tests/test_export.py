@@ -138,6 +138,26 @@ def test_export_command_conll_round_trips_through_the_reader(output_file, tmp_pa
     assert sentences[0].tags[:2] == ["B-PER", "I-PER"]
 
 
+def test_conll_export_leaves_out_records_the_reader_would_refuse(tmp_path):
+    """A hand-edited output with an unknown tag, no words (an empty post with a photo) or tags of another length:
+    each such record is left out with a warning, and the written file reads back whole."""
+    good = annotated("Obama visits Berlin", (("Obama", "PER", 0.9), ("Berlin", "LOC", 0.8)), (), line=1)
+    junk = dict(annotated("Obama visits Berlin", (("Obama", "PER", 0.9),), (), line=2), bio=["X-JUNK", "O", "O"])
+    empty = dict(annotated("", (), (), line=3), image="zero.jpg")
+    bare = dict(annotated("Obama visits", (), (), line=4), bio=["B-", "O"])
+    short = dict(annotated("Obama visits Berlin", (), (), line=5), bio=["O"])
+    wnut = dict(annotated("Obama visits Berlin", (), (), line=6), bio=["B-person", "O", "B-OTHER"])
+    source = write_jsonl(tmp_path / "edited.jsonl", [good, junk, empty, bare, short, wnut])
+    out = tmp_path / "out.conll"
+    result = invoke("export", source, "--format", "conll", "-o", out)
+    assert result.exit_code == 0, result.output
+    for line, why in ((2, "'X-JUNK' is not one"), (3, "no words"), (4, "'B-' is not one"), (5, "one length")):
+        assert f"line {line}: " in result.stderr and why in result.stderr
+    sentences = read_conll(out)
+    assert [s.tags for s in sentences] == [["B-PER", "O", "B-LOC"], ["B-PER", "O", "B-MISC"]]  # lines 1 and 6
+    assert "2 posts exported" in result.output
+
+
 def test_label_config_matches_the_tasks_and_the_model(tiny_bundle):
     result = invoke("export", "--label-config", "-m", tiny_bundle)
     assert result.exit_code == 0, result.output

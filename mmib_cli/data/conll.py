@@ -66,6 +66,11 @@ def _normalise_tag(tag: str) -> str:
     return tag
 
 
+def is_readable_tag(tag: str) -> bool:
+    """Whether `read_conll` accepts `tag` (an MMIB tag, or one of its aliases such as `B-OTHER` or a WNUT-17 type)."""
+    return _normalise_tag(tag) in NER_LABELS
+
+
 def fix_bio(tags: Sequence[str]) -> tuple[list[str], int]:
     """Rewrite every `I-X` that does not continue an `X` entity to `B-X` (conlleval reading).
 
