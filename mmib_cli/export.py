@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
 from mmib_cli.errors import UsageError
-from mmib_cli.io.outputs import read_output
+from mmib_cli.io.outputs import field_mapping, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.report import LABEL_COLOURS
 
@@ -120,18 +120,6 @@ def _is_annotated(record: dict[str, Any]) -> bool:
     return "error" not in record and "skipped" not in record and isinstance(record.get("text"), str)
 
 
-def _score(item: dict[str, Any]) -> float | None:
-    """An item's `score` when it is a number in [0, 1] (a hand-edited output may hold anything there)."""
-    value = item.get("score")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        return None
-    return float(value)
-
-
-def _is_offset(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, Any]:
     """One annotated output record as a Label Studio task with its pre-annotation.
 
@@ -144,8 +132,8 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
     scores: list[float] = []  # of the exported regions and relations only
 
     def region(entity: dict[str, Any]) -> str | None:
-        start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
-        if not _is_offset(start) or not _is_offset(end) or not 0 <= start < end <= len(text):
+        start, end, label = field_offset(entity.get("start")), field_offset(entity.get("end")), entity.get("label")
+        if start is None or end is None or not start < end <= len(text):
             return None
         if (start, end) in region_of:
             return region_of[(start, end)]
@@ -155,7 +143,7 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
         region_of[(start, end)] = rid
         item = {"id": rid, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "labels",
                 "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]}}
-        score = _score(entity)
+        score = field_score(entity.get("score"))
         if score is not None:
             item["score"] = score
             scores.append(score)
@@ -167,11 +155,11 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
         region(entity)
     relations = [r for r in record.get("relations") or [] if isinstance(r, dict) and r.get("relation") != "None"]
     for rel in relations:
-        head, tail = region(rel.get("head") or {}), region(rel.get("tail") or {})
+        head, tail = region(field_mapping(rel.get("head"))), region(field_mapping(rel.get("tail")))
         if head and tail:
             result.append({"type": "relation", "from_id": head, "to_id": tail, "direction": "right",
                            "labels": [str(rel.get("relation"))]})
-            scores += [score] if (score := _score(rel)) is not None else []
+            scores += [score] if (score := field_score(rel.get("score"))) is not None else []
     data = {"text": text, "image": image, "post_id": record.get("id"), "line": record.get("line")}
     return {"data": data, "predictions": [{"model_version": str(record.get("model", "mmib")),
                                            "score": min(scores) if scores else 1.0, "result": result}]}

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmib_cli.io.outputs import read_output
+from mmib_cli.io.outputs import field_mapping, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Summary:
         """Count one output record (annotated, error or skipped)."""
         self.posts += 1
         if "error" in record:
-            self.errors[str((record.get("error") or {}).get("type", "Error"))] += 1
+            self.errors[str(field_mapping(record["error"]).get("type", "Error"))] += 1
             return
         if "skipped" in record:
             self.skipped += 1
@@ -81,9 +81,9 @@ class Summary:
         for ent in _entities(record):
             self.entity_labels[ent["label"]] += 1
             self.top_entities[(str(ent.get("text", "")), ent["label"])] += 1
-            score = ent.get("score")
-            if isinstance(score, (int, float)):
-                self.score_bins[min(_HIST_BINS - 1, max(0, int(score * _HIST_BINS)))] += 1
+            score = field_score(ent.get("score"))
+            if score is not None:
+                self.score_bins[min(_HIST_BINS - 1, int(score * _HIST_BINS))] += 1
         for rel in _relations(record):
             self.relation_labels[str(rel.get("relation"))] += 1
 
@@ -101,7 +101,8 @@ class ReportResult:
 
 def _entities(record: dict[str, Any]) -> list[dict[str, Any]]:
     ents = record.get("entities")
-    return [e for e in ents if isinstance(e, dict) and "label" in e] if isinstance(ents, list) else []
+    return [e for e in ents if isinstance(e, dict) and isinstance(e.get("label"), str) and e["label"]] \
+        if isinstance(ents, list) else []
 
 
 def _relations(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -180,25 +181,28 @@ class _Thumbnails:
 def _view(record: dict[str, Any], thumbs: _Thumbnails) -> dict[str, Any]:
     """The compact form of one record the page script reads."""
     text = record.get("text")
-    view: dict[str, Any] = {"id": _plain(record.get("id")), "line": record.get("line"),
+    view: dict[str, Any] = {"id": _plain(record.get("id")), "line": field_offset(record.get("line")),
                             "text": text if isinstance(text, str) else ""}
     if "error" in record:
-        error = record.get("error") or {}
-        view["error"] = {"type": _plain(error.get("type", "Error")), "message": _plain(error.get("message", ""))}
+        error = record["error"]
+        details = field_mapping(error) or {"message": error}
+        view["error"] = {"type": _plain(details.get("type", "Error")), "message": _plain(details.get("message", ""))}
         return view
     if "skipped" in record:
-        view["skipped"] = _plain((record.get("skipped") or {}).get("reason", ""))
+        skipped = record["skipped"]
+        view["skipped"] = _plain(field_mapping(skipped).get("reason", "") if isinstance(skipped, dict) else skipped)
         return view
-    entities = [{"label": _plain(e["label"]), "start": e.get("start"), "end": e.get("end"),
-                 "text": _plain(e.get("text", "")), "score": e.get("score")} for e in _entities(record)]
+    entities = [{"label": _plain(e["label"]), "start": field_offset(e.get("start")),
+                 "end": field_offset(e.get("end")), "text": _plain(e.get("text", "")),
+                 "score": field_score(e.get("score"))} for e in _entities(record)]
     index = {(e["start"], e["end"]): i for i, e in enumerate(entities)}
     relations = []
     for rel in _relations(record):
-        head, tail = rel.get("head") or {}, rel.get("tail") or {}
-        relations.append({"relation": _plain(rel.get("relation")), "score": rel.get("score"),
+        head, tail = field_mapping(rel.get("head")), field_mapping(rel.get("tail"))
+        relations.append({"relation": _plain(rel.get("relation")), "score": field_score(rel.get("score")),
                           "head": _plain(head.get("text", "")), "tail": _plain(tail.get("text", "")),
-                          "h": index.get((head.get("start"), head.get("end"))),
-                          "t": index.get((tail.get("start"), tail.get("end")))})
+                          "h": index.get((field_offset(head.get("start")), field_offset(head.get("end")))),
+                          "t": index.get((field_offset(tail.get("start")), field_offset(tail.get("end"))))})
     view.update(entities=entities, relations=relations, image_used=bool(record.get("image_used")))
     thumb, problem = thumbs.key(record.get("image"))
     if isinstance(record.get("image"), str):
@@ -208,7 +212,7 @@ def _view(record: dict[str, Any], thumbs: _Thumbnails) -> dict[str, Any]:
     problem = problem or record.get("image_error")
     if problem:
         view["image_problem"] = _plain(problem)
-    scores = [x["score"] for x in entities + relations if isinstance(x.get("score"), (int, float))]
+    scores = [x["score"] for x in entities + relations if x["score"] is not None]
     view["min_score"] = min(scores) if scores else None
     return view
 

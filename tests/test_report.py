@@ -74,6 +74,42 @@ def test_report_embeds_escaped_data_photos_and_summary(output_file, tmp_path):
     assert "<svg" in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # offline
 
 
+DAMAGED = [  # a hand-edited or concatenated output: every field may hold the wrong kind of value
+    {"id": 1, "line": 1, "error": "not an object"},
+    {"id": 2, "line": "two", "skipped": 5},
+    {"id": 3, "line": 3, "text": "Obama met Merkel", "tokens": 5, "bio": 7,
+     "entities": [{"text": "Obama", "label": "PER", "start": 0, "end": 5, "score": 0.4},
+                  {"text": "x", "label": 5, "start": 0, "end": 1, "score": 0.1},
+                  {"text": "Merkel", "label": "PER", "start": "a", "end": None, "score": True},
+                  {"text": "met", "label": "MISC", "start": 6, "end": 9, "score": 7}],
+     "relations": [{"head": 5, "tail": None, "relation": 7, "score": "s"},
+                   {"head": {"start": 0, "end": 5}, "tail": [], "relation": "/per/per/peer", "score": 0.3}]},
+    5,
+    None,
+]
+
+
+def test_report_and_export_survive_damaged_records(tmp_path):
+    """Wrong kinds of values in any field never stop `report` or `export`: bad entities, scores and offsets are
+    left out, and only valid scores (numbers in [0, 1]) count."""
+    source = tmp_path / "damaged.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in DAMAGED) + "\n", encoding="utf-8")
+    out = tmp_path / "report.html"
+    result = build_report(ReportOptions(input=str(source), output=str(out)))
+    assert (result.summary.posts, result.summary.annotated, result.summary.skipped) == (5, 1, 1)
+    assert sum(result.summary.errors.values()) == 3 and result.summary.entity_labels == {"PER": 2, "MISC": 1}
+    assert sum(result.summary.score_bins) == 1  # only 0.4 is a score
+    data = re.search(r'id="mmib-data">(.*?)</script>', out.read_text(encoding="utf-8"), re.S).group(1)
+    post = [r for r in json.loads(data)["records"] if r.get("text")][0]
+    assert post["min_score"] == 0.3 and [e["start"] for e in post["entities"]] == [0, None, 6]
+    for fmt in ("label-studio", "conll"):
+        result = invoke("export", source, "--format", fmt, "-o", tmp_path / f"out.{fmt}")
+        assert result.exit_code == 0, result.output
+    task = json.loads((tmp_path / "out.label-studio").read_text())[0]
+    assert task["predictions"][0]["score"] == 0.4
+    assert [r["value"]["text"] for r in task["predictions"][0]["result"]] == ["Obama", "met"]
+
+
 def test_report_image_root_and_no_thumbnails(output_file, tmp_path, sample_images):
     moved = tmp_path / "elsewhere.jsonl"
     moved.write_bytes(output_file.read_bytes())
