@@ -69,6 +69,29 @@ def test_reviewed_annotation_becomes_bio_and_relations(tmp_path):
     assert member.head == (0, 2) and member.tail == (5, 6) and member.image_id == "kawhi.jpg"
 
 
+def test_a_hand_edited_export_keeps_only_regions_and_relations_training_can_read(tmp_path):
+    """Wrong kinds of values in a task never stop the reader, and labels `mmib train` could not read (a label given
+    as a string instead of a list, an unknown entity type or relation, `true` as an offset) are left out and
+    counted, not written into the corrections where the CoNLL/MNRE readers would refuse the whole run."""
+    kawhi, clippers = region("e0", "Kawhi Leonard", "PER"), region("e1", "Clippers", "ORG")
+    string_label = dict(region("e2", "Los Angeles", "LOC"), value={**region("e2", "Los Angeles", "LOC")["value"],
+                                                                   "labels": "LOC"})
+    unknown = region("e3", "joins", "VERB")
+    bool_start = dict(region("e4", "Kawhi", "PER"), value={**region("e4", "Kawhi", "PER")["value"], "start": True})
+    result = [kawhi, clippers, string_label, unknown, bool_start, 5, {"type": "labels", "value": 5},
+              relation("e0", "e1", "/per/org/member_of"), relation("e0", "e1", "/per/org/likes"),
+              relation("e1", "e0", "None"), {"type": "relation", "from_id": 5, "to_id": [], "labels": 5}]
+    edited = task(1, [result])
+    edited["annotations"] += [5, None, {"result": 5, "was_cancelled": "no"}]
+    edited["predictions"] = 7
+    odd = dict(task(2), annotations=5)
+    (post,), stats = read_label_studio(write(tmp_path / "edited.json", [edited, odd]))
+    assert [(r.rid, r.label) for r in post.regions] == [("e0", "PER"), ("e1", "ORG")]
+    assert post.relations == [("e0", "e1", "/per/org/member_of")]
+    assert stats.unlabelled == 1 and stats.bad_regions == 6  # 4 regions, 2 relations
+    assert to_sentence(post).tags[:6] == ["B-PER", "I-PER", "O", "O", "O", "B-ORG"]
+
+
 def test_predictions_only_when_asked_and_cancelled_annotations_ignored(tmp_path):
     own_tasks = {"data": {"text": TEXT}, "predictions": [{"model_version": "m", "result": PREDICTED}]}
     cancelled = task(2, [PREDICTED])

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlparse
 
-from mmib_cli.data.conll import ConllSentence
+from mmib_cli.data.conll import ConllSentence, is_readable_tag
 from mmib_cli.data.mnre import MNREInstance
 from mmib_cli.errors import DataFormatError, UsageError
+from mmib_cli.io.outputs import field_mapping, field_offset
+from mmib_cli.model.configuration import RE_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +83,13 @@ def is_label_studio_export(path: str | Path) -> bool:
     return head.startswith("[")
 
 
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list field (an export edited by hand may hold anything there)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _choose(task: dict[str, Any], use_predictions: bool) -> tuple[dict[str, Any] | None, str]:
-    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    annotations = [a for a in _objects(task.get("annotations")) if not a.get("was_cancelled")]
     if annotations:
         ranked = sorted(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""),
                                                     a.get("id") if isinstance(a.get("id"), int) else 0))
@@ -96,7 +103,7 @@ def _choose(task: dict[str, Any], use_predictions: bool) -> tuple[dict[str, Any]
 def _predictions(task: dict[str, Any], annotation: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The task's predictions as objects: Label Studio's plain export lists only their ids, but embeds the
     prediction an annotation started from in the annotation; `mmib export` tasks and snapshot exports hold them."""
-    found = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+    found = _objects(task.get("predictions"))
     if annotation is not None and isinstance(annotation.get("prediction"), dict):
         found.append(annotation["prediction"])
     return found
@@ -112,11 +119,14 @@ def _utf16_to_codepoints(text: str, offset: int) -> int | None:
 
 
 def _region(item: dict[str, Any], text: str, where: str, stats: ReadStats) -> Region | None:
-    value = item.get("value") or {}
-    labels = value.get("labels") or []
-    start, end = value.get("start"), value.get("end")
-    if not isinstance(start, int) or not isinstance(end, int) or not labels:
-        stats.note(f"{where}: region {item.get('id')!r} has no start/end offsets or no label")
+    value = field_mapping(item.get("value"))
+    labels = value.get("labels")
+    start, end = field_offset(value.get("start")), field_offset(value.get("end"))
+    if start is None or end is None or not isinstance(labels, list) or not labels:
+        stats.note(f"{where}: region {item.get('id')!r} has no start/end offsets or no label list")
+        return None
+    if not (isinstance(labels[0], str) and is_readable_tag(f"B-{labels[0]}")):
+        stats.note(f"{where}: region {item.get('id')!r} has label {labels[0]!r}, not an entity type mmib reads")
         return None
     quoted = value.get("text")
     if isinstance(quoted, str) and text[start:end] != quoted:
@@ -141,13 +151,13 @@ def _related(result: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         head, tail = str(item["from_id"]), str(item["to_id"])
         if item.get("direction") == "left":
             head, tail = tail, head
-        labels = item.get("labels") or []
-        out.append((head, tail, str(labels[0]) if labels else ""))
+        labels = item.get("labels")
+        out.append((head, tail, str(labels[0]) if isinstance(labels, list) and labels else ""))
     return out
 
 
 def _post(task: dict[str, Any], where: str, use_predictions: bool, stats: ReadStats) -> ReviewedPost | None:
-    data = task.get("data") or {}
+    data = field_mapping(task.get("data"))
     text = data.get("text")
     if not isinstance(text, str):
         raise DataFormatError(f"{where}: the task has no data.text string")
@@ -155,23 +165,24 @@ def _post(task: dict[str, Any], where: str, use_predictions: bool, stats: ReadSt
     if chosen is None:
         stats.unlabelled += 1
         return None
-    result = [r for r in chosen.get("result") or [] if isinstance(r, dict)]
+    result = _objects(chosen.get("result"))
     regions = [r for item in result if item.get("type") == "labels"
                for r in [_region(item, text, where, stats)] if r is not None]
     ids = {r.rid for r in regions}
     relations = []
     for head, tail, label in _related(result):
-        if head in ids and tail in ids and label:
+        if head in ids and tail in ids and label in RE_LABELS and label != "None":
             relations.append((head, tail, label))
         else:
-            stats.note(f"{where}: relation {head}->{tail} has no label or joins a dropped region")
+            stats.note(f"{where}: relation {head}->{tail} ({label!r}) has no known label or joins a dropped region")
     removed: list[tuple[str, str]] = []
     if source == "annotation":  # predicted relations whose two regions the reviewer kept but left unrelated
         spans = {r.rid: (r.start, r.end) for r in regions}
         kept = {(spans[h], spans[t]) for h, t, _ in relations}
         for prediction in _predictions(task, chosen):
-            presult = [r for r in prediction.get("result") or [] if isinstance(r, dict)]
-            pspans = {str(r.get("id")): ((r.get("value") or {}).get("start"), (r.get("value") or {}).get("end"))
+            presult = _objects(prediction.get("result"))
+            pspans = {str(r.get("id")): (field_offset(field_mapping(r.get("value")).get("start")),
+                                         field_offset(field_mapping(r.get("value")).get("end")))
                       for r in presult if r.get("type") == "labels"}
             by_span = {span: rid for rid, span in spans.items()}
             for head, tail, _ in _related(presult):
