@@ -252,6 +252,14 @@ def test_missing_file(tmp_path):
     assert _error(tmp_path / "not-a-dir.txt" / "x.jpg").error_type == "ImageNotFound"
 
 
+def test_a_very_long_path_is_named_once_and_cut(tmp_path):
+    """An image path the OS refuses as too long (or a 4 KB missing one) gives a short message, not two copies."""
+    for path in (tmp_path / ("x" * 5000 + ".jpg"), tmp_path / "/".join(["d" * 200] * 20) / "x.jpg"):
+        err = _error(path)
+        assert len(str(err)) < 600 and str(path)[:50] in str(err) and str(path)[-50:] in str(err)
+    assert "File name too long" in str(_error(tmp_path / ("x" * 5000 + ".jpg")))
+
+
 def test_text_file_corrupt_jpeg_and_directory_are_unreadable(sample_images, tmp_path):
     for path in (sample_images["text"], sample_images["corrupt"], tmp_path):
         err = _error(path)

@@ -108,9 +108,15 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _shown(path: Path, limit: int = 200) -> str:
+    """`path` for a message, its middle cut when it is longer than `limit` characters (no 4 KB error lines)."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
 def _not_found(path: Path) -> ImageError:
     return ImageError(
-        f"image not found: {path} (relative image paths resolve against the image root, by default the input "
+        f"image not found: {_shown(path)} (relative image paths resolve against the image root, by default the input "
         "file's folder)",
         error_type="ImageNotFound",
     )
@@ -146,7 +152,8 @@ def read_image_file(path: Path | str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTE
     except PermissionError as exc:
         raise ImageError(f"image {path} cannot be read: permission denied") from exc
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise ImageError(f"image {path} cannot be opened ({type(exc).__name__}: {exc})") from exc
+        reason = getattr(exc, "strerror", None) or str(exc)  # strerror: the message without the path again
+        raise ImageError(f"image {_shown(path)} cannot be opened ({type(exc).__name__}: {reason})") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
