@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
 from mmib_cli.errors import UsageError
-from mmib_cli.io.outputs import field_mapping, field_offset, field_score, read_output
+from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.report import LABEL_COLOURS
 
@@ -150,10 +150,10 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
         result.append(item)
         return rid
 
-    entities = [e for e in record.get("entities") or [] if isinstance(e, dict)]
+    entities = field_objects(record.get("entities"))
     for entity in entities:
         region(entity)
-    relations = [r for r in record.get("relations") or [] if isinstance(r, dict) and r.get("relation") != "None"]
+    relations = [r for r in field_objects(record.get("relations")) if r.get("relation") != "None"]
     for rel in relations:
         head, tail = region(field_mapping(rel.get("head"))), region(field_mapping(rel.get("tail")))
         if head and tail:

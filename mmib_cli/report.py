@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmib_cli.io.outputs import field_mapping, field_offset, field_score, read_output
+from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Summary:
             score = field_score(ent.get("score"))
             if score is not None:
                 self.score_bins[min(_HIST_BINS - 1, int(score * _HIST_BINS))] += 1
-        for rel in _relations(record):
+        for rel in field_objects(record.get("relations")):
             self.relation_labels[str(rel.get("relation"))] += 1
 
 
@@ -100,14 +100,7 @@ class ReportResult:
 
 
 def _entities(record: dict[str, Any]) -> list[dict[str, Any]]:
-    ents = record.get("entities")
-    return [e for e in ents if isinstance(e, dict) and isinstance(e.get("label"), str) and e["label"]] \
-        if isinstance(ents, list) else []
-
-
-def _relations(record: dict[str, Any]) -> list[dict[str, Any]]:
-    rels = record.get("relations")
-    return [r for r in rels if isinstance(r, dict)] if isinstance(rels, list) else []
+    return [e for e in field_objects(record.get("entities")) if isinstance(e.get("label"), str) and e["label"]]
 
 
 def select_records(records: Iterable[dict[str, Any]], summary: Summary, *, sample: int | None = None,
@@ -197,7 +190,7 @@ def _view(record: dict[str, Any], thumbs: _Thumbnails) -> dict[str, Any]:
                  "score": field_score(e.get("score"))} for e in _entities(record)]
     index = {(e["start"], e["end"]): i for i, e in enumerate(entities)}
     relations = []
-    for rel in _relations(record):
+    for rel in field_objects(record.get("relations")):
         head, tail = field_mapping(rel.get("head")), field_mapping(rel.get("tail"))
         relations.append({"relation": _plain(rel.get("relation")), "score": field_score(rel.get("score")),
                           "head": _plain(head.get("text", "")), "tail": _plain(tail.get("text", "")),

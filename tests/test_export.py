@@ -87,6 +87,8 @@ def test_a_hand_edited_record_exports_only_valid_regions_and_their_scores():
         ("Kawhi Leonard", 0.98), ("Clippers", 0.9), ("Los Angeles", None)]
     assert prediction["score"] == 0.9
     assert [r["labels"] for r in prediction["result"] if r["type"] == "relation"] == [["/per/org/member_of"]]
+    record.update(entities=5, relations=5)  # not lists at all: nothing to export, no crash
+    assert label_studio_task(record)["predictions"][0]["result"] == []
 
 
 def test_image_references(tmp_path):

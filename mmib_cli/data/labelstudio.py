@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 from mmib_cli.data.conll import ConllSentence, is_readable_tag
 from mmib_cli.data.mnre import MNREInstance
 from mmib_cli.errors import DataFormatError, UsageError
-from mmib_cli.io.outputs import field_mapping, field_offset
+from mmib_cli.io.outputs import field_mapping, field_objects, field_offset
 from mmib_cli.model.configuration import RE_LABELS
 
 logger = logging.getLogger(__name__)
@@ -83,13 +83,8 @@ def is_label_studio_export(path: str | Path) -> bool:
     return head.startswith("[")
 
 
-def _objects(value: Any) -> list[dict[str, Any]]:
-    """The objects of a list field (an export edited by hand may hold anything there)."""
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
 def _choose(task: dict[str, Any], use_predictions: bool) -> tuple[dict[str, Any] | None, str]:
-    annotations = [a for a in _objects(task.get("annotations")) if not a.get("was_cancelled")]
+    annotations = [a for a in field_objects(task.get("annotations")) if not a.get("was_cancelled")]
     if annotations:
         ranked = sorted(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""),
                                                     a.get("id") if isinstance(a.get("id"), int) else 0))
@@ -103,7 +98,7 @@ def _choose(task: dict[str, Any], use_predictions: bool) -> tuple[dict[str, Any]
 def _predictions(task: dict[str, Any], annotation: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The task's predictions as objects: Label Studio's plain export lists only their ids, but embeds the
     prediction an annotation started from in the annotation; `mmib export` tasks and snapshot exports hold them."""
-    found = _objects(task.get("predictions"))
+    found = field_objects(task.get("predictions"))
     if annotation is not None and isinstance(annotation.get("prediction"), dict):
         found.append(annotation["prediction"])
     return found
@@ -165,7 +160,7 @@ def _post(task: dict[str, Any], where: str, use_predictions: bool, stats: ReadSt
     if chosen is None:
         stats.unlabelled += 1
         return None
-    result = _objects(chosen.get("result"))
+    result = field_objects(chosen.get("result"))
     regions = [r for item in result if item.get("type") == "labels"
                for r in [_region(item, text, where, stats)] if r is not None]
     ids = {r.rid for r in regions}
@@ -180,7 +175,7 @@ def _post(task: dict[str, Any], where: str, use_predictions: bool, stats: ReadSt
         spans = {r.rid: (r.start, r.end) for r in regions}
         kept = {(spans[h], spans[t]) for h, t, _ in relations}
         for prediction in _predictions(task, chosen):
-            presult = _objects(prediction.get("result"))
+            presult = field_objects(prediction.get("result"))
             pspans = {str(r.get("id")): (field_offset(field_mapping(r.get("value")).get("start")),
                                          field_offset(field_mapping(r.get("value")).get("end")))
                       for r in presult if r.get("type") == "labels"}

@@ -8,7 +8,7 @@ from typing import Any
 from mmib_cli.io.jsonl import read_lines
 from mmib_cli.io.records import ErrorRecord, SkippedRecord
 
-__all__ = ["field_mapping", "field_offset", "field_score", "read_output"]
+__all__ = ["field_mapping", "field_objects", "field_offset", "field_score", "read_output"]
 
 
 def read_output(path: str | Path, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
@@ -29,6 +29,11 @@ def read_output(path: str | Path, *, limit: int | None = None) -> Iterator[dict[
 def field_mapping(value: Any) -> dict[str, Any]:
     """`value` when it is an object, else an empty one."""
     return value if isinstance(value, dict) else {}
+
+
+def field_objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of `value` when it is a list (anything else in it left out), else an empty list."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def field_offset(value: Any) -> int | None:
