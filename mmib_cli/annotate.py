@@ -17,7 +17,8 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_DE
                               DEFAULT_MODEL, DType, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.inference import NERPrediction, predict_ner, predict_re
-from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, make_output, parse_post
+from mmib_cli.io.records import (ErrorRecord, InputError, InputPost, SkippedRecord, describe_value, make_output,
+                                 parse_post)
 from mmib_cli.postprocess import (PairSelection, bio_to_entities, default_min_score, output_entity,
                                   relation_entity_types, relations_from_scores, select_pairs)
 from mmib_cli.runs.plan import PrepareSettings, RelationSettings
@@ -426,8 +427,8 @@ def _with_input_pairs(item: Prepared, settings: RelationSettings, types: frozens
             _word_span(item.tokens, entity)
             _check_type(entity, types)
     except InputError as exc:
-        message = str(exc) if str(exc).startswith("line ") else f"line {item.post.line}: {exc}"
-        return ErrorRecord.from_exception(InputError(message), id=item.post.id, line=item.post.line)
+        return ErrorRecord.from_exception(InputError(f"line {item.post.line}: {exc}"), id=item.post.id,
+                                          line=item.post.line)
     return item
 
 
@@ -435,27 +436,22 @@ def _given_entities(given: Any, text: str) -> list[dict]:
     """The input's `entities` as output entities (`text`, `label`, `start`, `end`, `score`: 1.0 when not given)."""
     if not isinstance(given, list):
         raise InputError(f'"entities" must be a list of {{"start", "end", "label"}} objects, got '
-                         f"{type(given).__name__} {_short(given)}")
+                         f"{describe_value(given)}")
     entities = []
     for value in given:
         if not isinstance(value, dict):
-            raise InputError(f"entities must be objects with start/end/label, got {_short(value)}")
+            raise InputError(f"entities must be objects with start/end/label, got {describe_value(value)}")
         entity = _entity_from(value, text)
         if "label" not in entity:
-            raise InputError(f"entity {_short(value)} needs a \"label\" (PER, LOC, ORG or MISC)")
+            raise InputError(f'an entity needs a "label" (PER, LOC, ORG or MISC), got {describe_value(value)}')
         entities.append(output_entity(entity, entity["label"]))
     return entities
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_type(entity: dict, types: frozenset[str]) -> None:
     label = entity.get("label")
     if types and label is not None and label.upper() not in types:
-        raise InputError(f"entity {entity['text']!r} is labelled {_short(label)}, not one of the types the relation "
+        raise InputError(f"entity {entity['text']!r} is labelled {label[:40]!r}, not one of the types the relation "
                          f"labels use ({', '.join(sorted(types))}); map it, leave the label out, or pass "
                          "--no-type-constraints")
 
@@ -492,13 +488,13 @@ def input_pairs(prepared: Prepared) -> list[tuple[dict, dict]]:
     if isinstance(raw.get("pairs"), list):
         for i, pair in enumerate(raw["pairs"]):
             if not isinstance(pair, dict) or not all(isinstance(pair.get(k), dict) for k in ("head", "tail")):
-                raise InputError(f"line {prepared.post.line}: pairs[{i}] must be "
+                raise InputError(f"pairs[{i}] must be "
                                  f"{{\"head\": {{...}}, \"tail\": {{...}}}}")
             pairs.append((_entity_from(pair["head"], text), _entity_from(pair["tail"], text)))
     elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
         pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))
     else:
-        raise InputError(f'line {prepared.post.line}: no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
+        raise InputError(f'no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
                          'classify every ordered pair of its entities (given as "entities", or found by NER)')
     return pairs
 
@@ -530,7 +526,7 @@ def given_pair_selection(pairs: Sequence[tuple[dict, dict]],
 def _entity_from(value: dict, text: str) -> dict:
     start, end = value.get("start"), value.get("end")
     if not all(_is_whole_number(v) for v in (start, end)):
-        raise InputError(f"entity {_short(value)} needs whole-number start/end char offsets")
+        raise InputError(f"an entity needs whole-number start/end char offsets, got {describe_value(value)}")
     start, end = int(start), int(end)
     if not 0 <= start < end <= len(text):
         raise InputError(f"entity offsets [{start}, {end}) are outside the text ({len(text)} characters)")

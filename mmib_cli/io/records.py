@@ -37,6 +37,7 @@ __all__ = [
     "OutputPost",
     "PostId",
     "Relation",
+    "describe_value",
     "SkippedRecord",
     "TokenRecord",
     "make_output",
@@ -215,7 +216,7 @@ def post_id(obj: Any, line: int, *, id_field: str = "id") -> PostId:
     return line
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """Short description of a JSON value for error messages: its JSON type and a truncated excerpt."""
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
              float: "a number", type(None): "null"}
@@ -255,31 +256,31 @@ def parse_post(
     """
     where = f"line {line}"
     if not isinstance(obj, dict):
-        raise InputError(f'{where}: expected a JSON object like {{"{text_field}": "..."}}, got {_describe(obj)}')
+        raise InputError(f'{where}: expected a JSON object like {{"{text_field}": "..."}}, got {describe_value(obj)}')
     raw_id = obj.get(id_field)
     if raw_id is None:
         pid: PostId = line
     elif isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool)):
         pid = raw_id
     else:
-        raise InputError(f'{where}: "{id_field}" must be a string or an integer, got {_describe(raw_id)}')
+        raise InputError(f'{where}: "{id_field}" must be a string or an integer, got {describe_value(raw_id)}')
     if text_field not in obj:
         raise InputError(
             f'{where}: missing the "{text_field}" field (keys present: {", ".join(map(repr, obj)) or "none"})'
         )
     text = obj[text_field]
     if not isinstance(text, str):
-        raise InputError(f'{where}: "{text_field}" must be a string, got {_describe(text)}')
+        raise InputError(f'{where}: "{text_field}" must be a string, got {describe_value(text)}')
     image = obj.get(image_field)
     if image is not None and not isinstance(image, str):
-        raise InputError(f'{where}: "{image_field}" must be a path string or null, got {_describe(image)}')
+        raise InputError(f'{where}: "{image_field}" must be a path string or null, got {describe_value(image)}')
     tokens = obj.get("tokens")
     if tokens is not None:
         if not isinstance(tokens, list):
-            raise InputError(f'{where}: "tokens" must be a list of words, got {_describe(tokens)}')
+            raise InputError(f'{where}: "tokens" must be a list of words, got {describe_value(tokens)}')
         for i, tok in enumerate(tokens):
             if not isinstance(tok, str) or not tok.strip():
-                raise InputError(f'{where}: "tokens"[{i}] must be a non-empty string, got {_describe(tok)}')
+                raise InputError(f'{where}: "tokens"[{i}] must be a non-empty string, got {describe_value(tok)}')
     return InputPost(line=line, id=pid, text=text, image=image or None, tokens=tokens, raw=obj)
 
 
