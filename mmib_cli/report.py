@@ -178,12 +178,12 @@ def _view(record: dict[str, Any], thumbs: _Thumbnails) -> dict[str, Any]:
                             "text": text if isinstance(text, str) else ""}
     if "error" in record:
         error = record["error"]
-        details = field_mapping(error) or {"message": error}
+        details = error if isinstance(error, dict) else {"message": error}
         view["error"] = {"type": _plain(details.get("type", "Error")), "message": _plain(details.get("message", ""))}
         return view
     if "skipped" in record:
         skipped = record["skipped"]
-        view["skipped"] = _plain(field_mapping(skipped).get("reason", "") if isinstance(skipped, dict) else skipped)
+        view["skipped"] = _plain(skipped.get("reason", "") if isinstance(skipped, dict) else skipped)
         return view
     entities = [{"label": _plain(e["label"]), "start": field_offset(e.get("start")),
                  "end": field_offset(e.get("end")), "text": _plain(e.get("text", "")),

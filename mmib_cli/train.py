@@ -207,8 +207,7 @@ def _score_start(loaded: LoadedModel, valid_set: Examples, state: dict[str, Any]
     """
     loaded.model.eval()
     metrics = score_examples(loaded, valid_set, batch_size=max(32, opts.batch_size))
-    record = {"epoch": 0, "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
-              "valid_recall": metrics["recall"], "seconds": round(seconds, 1)}
+    record = {"epoch": 0, **_valid_fields(metrics), "seconds": round(seconds, 1)}
     state["history"].append(record)
     state.update(best_f1=metrics["f1"], best_epoch=0, best_valid=metrics)
     logger.info("epoch 0 (the starting model): %s", json.dumps(record))
@@ -389,12 +388,16 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, precision: _Au
     return totals
 
 
+def _valid_fields(metrics: dict[str, Any]) -> dict[str, float]:
+    """The valid-split scores an epoch's history record keeps."""
+    return {"valid_f1": metrics["f1"], "valid_precision": metrics["precision"], "valid_recall": metrics["recall"]}
+
+
 def _record_epoch(state: dict[str, Any], epoch: int, totals: dict[str, float], batches: int,
                   metrics: dict[str, Any], seconds: float) -> None:
     """Append the epoch to the history and update best/bad-epoch counters (best = higher valid F1)."""
     record = {"epoch": epoch, **{k: round(v / max(1, batches), 5) for k, v in totals.items()},
-              "valid_f1": metrics["f1"], "valid_precision": metrics["precision"],
-              "valid_recall": metrics["recall"], "seconds": round(seconds, 1)}
+              **_valid_fields(metrics), "seconds": round(seconds, 1)}
     state["history"].append(record)
     logger.info("epoch %d: %s", epoch, json.dumps(record))
     if metrics["f1"] > state["best_f1"]:
