@@ -102,7 +102,7 @@ def threshold_for_precision(scores: torch.Tensor, predicted: torch.Tensor, gold:
 
 
 def calibrate_checkpoint(directory: str | Path, data: Sequence[str | Path], *, precision: float,
-                         reverse_pairs: bool = True, batch_size: int = 32) -> dict[str, Any]:
+                         reverse_pairs: bool = True) -> dict[str, Any]:
     """Fit `relation_temperature` and `relation_min_score` of an RE checkpoint on labelled MNRE files.
 
     Args:
@@ -111,7 +111,6 @@ def calibrate_checkpoint(directory: str | Path, data: Sequence[str | Path], *, p
         precision: the precision target (%) that picks `relation_min_score`.
         reverse_pairs: also score every annotated pair read backwards (`mnre.reversed_pairs`), as the pair
             enumeration of `annotate --relations` produces both directions.
-        batch_size: pairs per forward pass.
 
     Returns:
         `{"relation_temperature", "relation_min_score", "precision", "recall", "kept", "pairs", "nll_before",
@@ -134,7 +133,7 @@ def calibrate_checkpoint(directory: str | Path, data: Sequence[str | Path], *, p
     if loaded.model.config.task != "re":
         raise UsageError(f"{directory} is a {loaded.model.config.task} checkpoint, not re")
     examples = read_examples("re", list(data), loaded.featurizer, labels, reverse_pairs=reverse_pairs)
-    probs = predict_re(loaded, examples.windows, batch_size=batch_size)
+    probs = predict_re(loaded, examples.windows)
     gold = torch.tensor([labels.index(g) for g in examples.gold])
     temperature = fit_temperature(probs, gold)
     scaled = scaled_probabilities(probs, temperature)

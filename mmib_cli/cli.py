@@ -234,8 +234,8 @@ def train(obj: dict, task: str, holdout: float, use_predictions: bool, **options
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image directory (optional).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
 @click.option("-F", "--force", is_flag=True, help="Overwrite an existing --output-json file.")
-@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
-              help="Examples per forward pass.")
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, hidden=True,
+              help="Ignored (kept so existing scripts run): every model call has a fixed shape.")
 @device_options
 @click.pass_obj
 def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, output_json: str | None,
@@ -247,8 +247,8 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
     from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
     _run(check_metrics_output, output_json, force=force)
-    metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
-                   device=device, dtype=dtype, online=obj.get("online"))
+    metrics = _run(evaluate_file, task, model=model, data=data, images=images, device=device, dtype=dtype,
+                   online=obj.get("online"))
     click.echo(render_metrics(metrics))
     if output_json:
         _run(write_metrics, metrics, output_json)

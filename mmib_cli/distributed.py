@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DType, Engine, Mode
+from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_MODEL, DType, Engine, Mode
 from mmib_cli.errors import MMIBError, OutputExists, OutputWriteError, UsageError
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, read_lines
 from mmib_cli.io.lock import OutputLock
@@ -118,14 +118,13 @@ class RayAnnotator:
         mode: `annotate`, `annotate+relations` or `relations`.
         relation_settings: `RelationSettings` fields.
         prepare_settings: `PrepareSettings` fields except the image preprocessing (taken from the model).
-        device, dtype, online, batch_size, max_tokens: as for `Annotator.from_pretrained`.
+        device, dtype, online: as for `Annotator.from_pretrained`.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, mode: Mode | str = Mode.ANNOTATE,
                  relation_settings: Mapping[str, Any] | None = None,
                  prepare_settings: Mapping[str, Any] | None = None, device: str = DEFAULT_DEVICE,
-                 dtype: DType | str = DType.AUTO, online: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+                 dtype: DType | str = DType.AUTO, online: bool | None = None) -> None:
         from mmib_cli.offline import configure_network
 
         configure_network(online)  # before transformers is imported in this worker
@@ -134,15 +133,15 @@ class RayAnnotator:
 
         quiet_transformers()  # as the CLI does: no loading bars from every actor
 
-        self.annotator = Annotator.from_pretrained(model, device=device, dtype=dtype, online=online,
-                                                   batch_size=batch_size, max_tokens=max_tokens)
-        self.settings = self.annotator.prepare_settings(**dict(prepare_settings or {}))
+        self.annotator = Annotator.from_pretrained(model, device=device, dtype=dtype, online=online)
         self.mode = Mode.parse(mode, what="mode")
         self.relation_settings = RelationSettings(**dict(relation_settings or {}))
+        self.settings = self.annotator.prepare_settings(self.mode, self.relation_settings,
+                                                        **dict(prepare_settings or {}))
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Annotate one batch (see the class docstring for the columns)."""
-        from mmib_cli.annotate import prepare
+        from mmib_cli.preprocess import prepare
 
         chunk = [prepare(int(line), decode_line(record, error), self.settings)
                  for line, record, error in zip(batch["line"], batch["record"], batch["error"])]
@@ -415,7 +414,7 @@ def _build_dataset(ray: Any, opts: RunOptions, ray_options: RayOptions) -> Any:
         fn_constructor_kwargs={"model": opts.model, "mode": str(opts.mode),
                                "relation_settings": asdict(opts.relation_settings),
                                "prepare_settings": opts.prepare_fields(), "device": device, "dtype": opts.dtype,
-                               "online": opts.online, "batch_size": opts.batch_size, "max_tokens": opts.max_tokens},
+                               "online": opts.online},
         batch_size=opts.chunk_rule.size, batch_format="numpy",
         compute=_actor_pool(ray, ray_options), num_gpus=gpus or None)
     return annotated.map_batches(_write_shard, fn_kwargs={"output": opts.output},

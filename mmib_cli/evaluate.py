@@ -4,13 +4,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DType, ModelTask
+from mmib_cli.choices import DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
 from mmib_cli.errors import UsageError
 from mmib_cli.inference import predict_ner, predict_re
@@ -21,20 +18,12 @@ logger = logging.getLogger(__name__)
 EVAL_CHUNK_POSTS = 256  # posts whose decoded images are held in memory at once
 
 
-def _load_pixels(paths: list[Path | None], image_info: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Decode the images of some posts: `(pixel_values (n,3,S,S), image_present (n,))`, or (None, None)."""
-    from mmib_cli.io.images import stack_images
-
-    if image_info is None:
-        return None, None
-    return stack_images([try_load_image(p, image_info) for p in paths], image_info.image_size)
-
-
-def score_examples(loaded: Any, examples: Examples, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                   chunk_posts: int = EVAL_CHUNK_POSTS) -> dict[str, Any]:
+def score_examples(loaded: Any, examples: Examples, *, chunk_posts: int = EVAL_CHUNK_POSTS) -> dict[str, Any]:
     """Predict every example with `loaded` and score against the gold labels.
 
-    Posts are predicted `chunk_posts` at a time, so only that many decoded images are in memory at once.
+    Posts are predicted `chunk_posts` at a time, so only that many decoded images are in memory at once; the
+    predictions do not depend on it: every window runs in a call of a fixed shape (`inference`), as in
+    `mmib annotate`.
     """
     from mmib_cli.metrics import ner_scores, re_scores
 
@@ -43,16 +32,13 @@ def score_examples(loaded: Any, examples: Examples, *, batch_size: int = DEFAULT
     images_used = 0
     for start in range(0, len(examples.windows_per_post), max(1, chunk_posts)):
         posts = examples.windows_per_post[start: start + chunk_posts]
-        pixels, present = _load_pixels(examples.image_paths[start: start + chunk_posts], loaded.image_info)
-        images_used += int(present.sum()) if present is not None else 0
-        # windows index their post's image by `post`: make it relative to this chunk
-        rebased = [[replace(w, post=w.post - start) for w in windows] for windows in posts]
+        photos = [try_load_image(path, loaded.image_info) for path in examples.image_paths[start: start + chunk_posts]]
+        images_used += sum(photo is not None for photo in photos)
         if examples.task == "ner":
-            preds = predict_ner(loaded, rebased, batch_size=batch_size, pixel_values=pixels, image_present=present)
+            preds = predict_ner(loaded, posts, photos=photos)
             predicted.extend(p.tags for p in preds)
         else:
-            probs = predict_re(loaded, [windows[0] for windows in rebased], batch_size=batch_size,
-                               pixel_values=pixels, image_present=present)
+            probs = predict_re(loaded, [windows[0] for windows in posts], photos=photos)
             predicted.extend(labels[i] for i in probs.argmax(dim=-1).tolist())
     metrics = ner_scores(examples.gold, predicted) if examples.task == "ner" else re_scores(examples.gold, predicted)
     metrics["images_used"] = images_used
@@ -61,7 +47,7 @@ def score_examples(loaded: Any, examples: Examples, *, batch_size: int = DEFAULT
 
 
 def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images: str | Path | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, device: str = DEFAULT_DEVICE, dtype: DType | str = DType.AUTO,
+                  device: str = DEFAULT_DEVICE, dtype: DType | str = DType.AUTO,
                   online: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint (any `--model` form) and score it on a CoNLL (ner) or MNRE (re) file."""
     task = ModelTask.parse(task, what="task")
@@ -71,7 +57,7 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
         raise UsageError(f"--images {images}: no such directory")
     loaded = load_bundle(model, device=device, dtype=dtype, online=online).require(task)
     examples = read_examples(task, [data], loaded.featurizer, loaded.model.config.labels, images=images)
-    metrics = score_examples(loaded, examples, batch_size=batch_size)
+    metrics = score_examples(loaded, examples)
     metrics.update(task=task, model=model, data=str(data))
     return metrics
 

@@ -165,65 +165,84 @@ class Featurizer:
     def encode_re_batch(self, items: Sequence[tuple[Sequence[str], tuple[int, int], tuple[int, int]]],
                         labels: Sequence[int] | None = None, first_post: int = 0) -> list[Window]:
         """Encode many (words, head span, tail span) items with one tokenizer call."""
-        for words, head, tail in items:
-            for span in (head, tail):
-                if not (0 <= span[0] < span[1] <= len(words)):
-                    raise ValueError(f"entity span {span} is outside the {len(words)} words")
         all_pieces = self.word_pieces([words for words, _, _ in items])
-        windows = []
-        for k, ((words, head, tail), pieces) in enumerate(zip(items, all_pieces)):
-            lo, hi = self._re_word_range(pieces, head, tail)
-            kept = list(range(lo, hi))
-            budget = self.max_length - 6
-            if sum(len(p) for p in pieces[lo:hi]) > budget:  # entities far apart: first pieces only
-                pieces = [p[:1] for p in pieces]
-                if hi - lo > budget:  # still too long: keep both entities and the words nearest to them
-                    kept = _words_near_entities(len(words), head, tail, budget)
-            head_words = [w for w in kept if head[0] <= w < head[1]]
-            tail_words = [w for w in kept if tail[0] <= w < tail[1]]
-            ids, shape_ids = [self.cls_id], [0]
-            head_index = tail_index = 0
-            for w in kept:
-                for marker, first in ((0, head_words[0]), (2, tail_words[0])):
-                    if w == first:
-                        if marker == 0:
-                            head_index = len(ids)
-                        else:
-                            tail_index = len(ids)
-                        ids.append(self.marker_ids[marker])
-                        shape_ids.append(0)
-                ids.extend(pieces[w])
-                shape_ids.extend(self.piece_shapes(words[w], pieces[w])[1])
-                for marker, last in ((1, head_words[-1]), (3, tail_words[-1])):
-                    if w == last:
-                        ids.append(self.marker_ids[marker])
-                        shape_ids.append(0)
-            ids, shape_ids = ids[: self.max_length - 1] + [self.sep_id], shape_ids[: self.max_length - 1] + [0]
-            windows.append(Window(ids, shape_ids, labels=[labels[k]] if labels is not None else None,
-                                  head_index=min(head_index, self.max_length - 2),
-                                  tail_index=min(tail_index, self.max_length - 2), post=first_post + k))
-        return windows
+        return [self._re_window(words, pieces, head, tail, labels[k] if labels is not None else None,
+                                first_post + k)
+                for k, ((words, head, tail), pieces) in enumerate(zip(items, all_pieces))]
+
+    def encode_re_pairs(self, words: Sequence[str],
+                        pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> list[Window]:
+        """Encode many (head span, tail span) pairs of ONE post: its words are tokenised once, whatever its length."""
+        pieces = self.word_pieces([words])[0]
+        return [self._re_window(words, pieces, head, tail, None, k) for k, (head, tail) in enumerate(pairs)]
+
+    def _re_window(self, words: Sequence[str], pieces: list[list[int]], head: tuple[int, int],
+                   tail: tuple[int, int], label: int | None, post: int) -> Window:
+        for span in (head, tail):
+            if not (0 <= span[0] < span[1] <= len(words)):
+                raise ValueError(f"entity span {span} is outside the {len(words)} words")
+        lo, hi = self._re_word_range(pieces, head, tail)
+        kept = range(lo, hi)
+        budget = self.max_length - 6
+        if sum(len(pieces[w]) for w in kept) > budget:  # entities far apart: first pieces only
+            if hi - lo > budget:  # still too long: keep both entities and the words nearest to them
+                kept = _words_near_entities(len(words), head, tail, budget)
+            pieces = {w: pieces[w][:1] for w in kept}
+        head_words = [w for w in kept if head[0] <= w < head[1]]
+        tail_words = [w for w in kept if tail[0] <= w < tail[1]]
+        ids, shape_ids = [self.cls_id], [0]
+        head_index = tail_index = 0
+        for w in kept:
+            for marker, first in ((0, head_words[0]), (2, tail_words[0])):
+                if w == first:
+                    if marker == 0:
+                        head_index = len(ids)
+                    else:
+                        tail_index = len(ids)
+                    ids.append(self.marker_ids[marker])
+                    shape_ids.append(0)
+            ids.extend(pieces[w])
+            shape_ids.extend(self.piece_shapes(words[w], pieces[w])[1])
+            for marker, last in ((1, head_words[-1]), (3, tail_words[-1])):
+                if w == last:
+                    ids.append(self.marker_ids[marker])
+                    shape_ids.append(0)
+        ids, shape_ids = ids[: self.max_length - 1] + [self.sep_id], shape_ids[: self.max_length - 1] + [0]
+        return Window(ids, shape_ids, labels=[label] if label is not None else None,
+                      head_index=min(head_index, self.max_length - 2),
+                      tail_index=min(tail_index, self.max_length - 2), post=post)
 
     def _re_word_range(self, pieces: list[list[int]], head: tuple[int, int], tail: tuple[int, int]) -> tuple[int, int]:
-        """Largest word range around both entities that fits the window (drop words farthest from them)."""
+        """Largest word range around both entities that fits the window (drop words farthest from them).
+
+        Grows outward from the entities, one word at a time on the side with fewer extra words (left first on a
+        tie), while the window still fits: O(window) per pair however long the post is.
+        """
         budget = self.max_length - 2 - 4
-        lo, hi = 0, len(pieces)
         core_lo, core_hi = min(head[0], tail[0]), max(head[1], tail[1])
-        total = sum(len(p) for p in pieces)
-        while total > budget and (lo < core_lo or hi > core_hi):
-            if hi > core_hi and (hi - core_hi >= core_lo - lo or lo >= core_lo):
-                hi -= 1
-                total -= len(pieces[hi])
+        lo, hi = core_lo, core_hi
+        total = sum(len(p) for p in pieces[lo:hi])
+        while total <= budget and (lo > 0 or hi < len(pieces)):
+            left = core_lo - lo == hi - core_hi
+            if (left and lo > 0) or hi >= len(pieces):
+                if total + len(pieces[lo - 1]) > budget:
+                    break
+                lo -= 1
+                total += len(pieces[lo])
             else:
-                total -= len(pieces[lo])
-                lo += 1
+                if total + len(pieces[hi]) > budget:
+                    break
+                total += len(pieces[hi])
+                hi += 1
         return lo, hi
 
     # -- tensors --------------------------------------------------------------------------------------------
-    def collate(self, windows: Sequence[Window], task: str, length: int | None = None) -> dict[str, torch.Tensor]:
+    def collate(self, windows: Sequence[Window], task: str, length: int | None = None,
+                words: int | None = None) -> dict[str, torch.Tensor]:
         """Pad windows into a batch dict (see docs/ARCHITECTURE.md for keys and shapes).
 
         `length` pads every row to that many pieces (at least the longest window); default: the longest window.
+        `words` (NER) pads the word positions to that many (at least the most words of a row); default: the most.
         """
         longest = max(len(w.input_ids) for w in windows)
         if length is not None and length < longest:
@@ -240,7 +259,10 @@ class Featurizer:
             shapes[i, :n] = torch.tensor(w.word_shape_ids)
         out = {"input_ids": input_ids, "attention_mask": attention, "word_shape_ids": shapes}
         if task == "ner":
-            words = max(1, max(len(w.word_index) for w in windows))
+            most = max(1, max(len(w.word_index) for w in windows))
+            if words is not None and words < most:
+                raise ValueError(f"cannot pad windows of up to {most} words to {words}")
+            words = words or most
             index = torch.zeros((batch, words), dtype=torch.long)
             mask = torch.zeros((batch, words), dtype=torch.bool)
             labels = torch.zeros((batch, words), dtype=torch.long)
@@ -279,7 +301,8 @@ def _words_near_entities(num_words: int, head: tuple[int, int], tail: tuple[int,
     def distance(w: int) -> int:
         return min(abs(w - a) if w < a else max(0, w - (b - 1)) for a, b in (head, tail))
 
-    for w in sorted(range(num_words), key=lambda w: (distance(w), w)):
+    near = range(max(0, min(head[0], tail[0]) - budget), min(num_words, max(head[1], tail[1]) + budget))
+    for w in sorted((w for w in near if distance(w) <= budget), key=lambda w: (distance(w), w)):
         if len(chosen) >= budget:
             break
         chosen.add(w)

@@ -1,22 +1,50 @@
-"""Batched forward passes shared by the annotation pipeline, evaluation and training-time validation.
+"""Fixed-shape forward passes shared by annotation, evaluation and training-time validation.
 
-Input is already featurised; output is plain python per post. Everything runs under `torch.inference_mode`.
+Reproducibility by construction: every call into the model has a shape that is a function of the window (or post,
+or photo) it computes, never of what else is in the input. A window of `n` pieces always runs in a call of exactly
+`rows_per_call(device)` rows padded to `bucket_length(n)` pieces, empty rows filling what its bucket mates do not;
+a post's CRF decode runs in a call of `CRF_ROWS` rows padded to `word_bucket(words)`; photos go through the image
+path `IMAGE_BATCH` at a time. So a window's bits depend only on that window, on any CPU whose kernels do not look
+at the data: batch mates, chunking, sharding, resuming and engines cannot change them. No constant here is a
+measured fact about one CPU's kernels; they only trade padding for speed (benchmarks/README.md).
+
+`WindowRunner` queues windows per bucket and runs a bucket when it is full (or when flushed), so a stream of
+posts pays for almost no empty rows; `predict_ner` / `predict_re` run a finite set of windows (eval, training).
 """
 from __future__ import annotations
 
 import copy
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS
 from mmib_cli.features import Window, merge_window_emissions
 
 logger = logging.getLogger(__name__)
+
+LENGTH_BUCKETS = (16, 24, 32, 40, 48, 64, 96, 128)
+"""Padded lengths a window can get (plus the model's `max_length`, which caps them). Steps of 8 up to 48 pieces
+where most tweet windows fall, coarser above: a piece costs about the same at every length (benchmarks/README.md),
+so finer buckets waste fewer padded pieces, while each bucket can leave one partly empty call at the end of a run."""
+
+ROWS_PER_CALL = {"cpu": 8, "cuda": 32}
+"""Rows of every text forward call, by device type (other devices take the CUDA figure). On CPU, 8 and 16 rows cost
+the same per row (benchmarks/README.md); 8 halves what a partly empty call costs at the end of a run."""
+
+IMAGE_BATCH = 16
+"""Photos per image-path call (backbone, grid pooling, projection); the last call of a batch is filled with blank
+images."""
+
+CRF_ROWS = 64
+"""Posts per CRF call (Viterbi and forward-backward). A CRF step is a handful of tiny ops whose cost hardly depends
+on the row count, so wide calls keep the per-post cost low."""
+
+WORD_BUCKETS = (8, 16, 32, 64, 128, 256)
+"""Padded word counts of a CRF call; longer posts are padded to a multiple of the last bucket."""
 
 
 @dataclass
@@ -27,177 +55,198 @@ class NERPrediction:
     tag_scores: list[float]
 
 
-LENGTH_STEP = 8
-"""Padded windows are padded to a multiple of this many pieces (see `padded_length`)."""
-
-MIN_PADDED_LENGTH = 2 * LENGTH_STEP
-"""No window is padded to fewer pieces than this: a row padded to 8 pieces came out of the text encoder 1e-6 away from
-the same row padded to 16 or more, while every padding from 16 to 128 pieces gave the same bits."""
-
-ROW_ALIGN = 4
-"""Every linear layer multiplies a multiple of this many rows (see `RowAlignedLinear`)."""
-
-SPLIT_ROWS = 8
-"""A batch also closes where the padded length steps up, once it holds this many rows: fewer rows then pay for a
-longer row's padding, and batches stay full enough for the matmuls (on 1,000 tweet-like posts: 8 % fewer padded
-pieces than batches cut by size alone, for 46 instead of 32 batches; benchmarks/README.md)."""
-
-IMAGE_BATCH = 16
-"""The image backbone always runs on this many images per call (see `FixedImageBatches`); inference runs it once per
-chunk of posts (`post_visual_tokens`), so only a chunk's last call carries blank images."""
+def bucket_length(pieces: int, max_length: int) -> int:
+    """The padded length of a window of `pieces` pieces: the smallest bucket that holds it (at most `max_length`)."""
+    for bucket in LENGTH_BUCKETS:
+        if pieces <= bucket < max_length:
+            return bucket
+    return max(pieces, max_length)
 
 
-def padded_length(pieces: int, max_length: int) -> int:
-    """The fewest pieces a window of `pieces` pieces is padded to, whatever else is in its batch.
+def word_bucket(words: int) -> int:
+    """The padded word count of a post of `words` words in a CRF call."""
+    for bucket in WORD_BUCKETS:
+        if words <= bucket:
+            return bucket
+    step = WORD_BUCKETS[-1]
+    return -(-words // step) * step
 
-    The next multiple of `LENGTH_STEP` strictly above `pieces` (so every row has a padded position, and attention
-    always takes the masked path) and at least `MIN_PADDED_LENGTH`, capped at `max_length`, the longest window the
-    featurizer makes.
+
+def rows_per_call(device: torch.device) -> int:
+    """Rows of every text forward call on `device`."""
+    return ROWS_PER_CALL["cpu" if device.type == "cpu" else "cuda"]
+
+
+class CallFailed(Exception):
+    """A forward call raised: `owners` are the owners of the windows it held (see `WindowRunner.add`)."""
+
+    def __init__(self, cause: BaseException, owners: list[object]) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause, self.owners = cause, owners
+
+
+@dataclass
+class _Entry:
+    window: Window
+    image: torch.Tensor | None  # the visual tokens (N, d) of the window's post, or None
+    done: Callable[[torch.Tensor], None]  # gets the row's result (float32, CPU)
+    owner: object = None
+
+
+@dataclass
+class CallShape:
+    """What one forward call looked like (kept in `WindowRunner.shapes` when `record_shapes` is set)."""
+
+    rows: int
+    length: int
+    words: int  # NER word positions (0 for RE)
+    window_lengths: list[int] = field(default_factory=list)  # pieces of each real row, in row order
+
+
+class WindowRunner:
+    """Runs windows of one model in fixed-shape calls: one queue per length bucket, a call per `rows` windows.
+
+    `add` queues a window with a callback that receives the window's result: NER emissions `(words, tags)` or RE
+    probabilities `(labels,)`, float32 on the CPU. `run_full` runs every full bucket; `flush` also runs the partly
+    filled ones (padded with empty rows: same shape, so the same bits). Results never depend on which windows share
+    a call.
     """
-    return max(pieces, min(max(MIN_PADDED_LENGTH, (pieces // LENGTH_STEP + 1) * LENGTH_STEP), max_length))
 
+    def __init__(self, model: nn.Module, featurizer, task: str, *, record_shapes: bool = False) -> None:
+        self.model, self.featurizer, self.task = model, featurizer, task
+        self.device = next(model.parameters()).device
+        self.rows = rows_per_call(self.device)
+        self.max_length = featurizer.max_length
+        self.queues: dict[int, list[_Entry]] = {}
+        self.filler = Window([featurizer.cls_id, featurizer.sep_id], [0, 0])
+        self.uses_images = bool(getattr(model, "uses_images", False))
+        self.shapes: list[CallShape] | None = [] if record_shapes else None
 
-def _mixes(pieces: int, max_length: int) -> bool:
-    """Whether a window of `pieces` pieces may share a batch padded further than its own `padded_length`.
+    def add(self, window: Window, done: Callable[[torch.Tensor], None], *, image: torch.Tensor | None = None,
+            owner: object = None) -> None:
+        """Queue `window` (of a post whose visual tokens are `image`); `done(result)` is called when it has run."""
+        length = bucket_length(len(window.input_ids), self.max_length)
+        self.queues.setdefault(length, []).append(_Entry(window, image if self.uses_images else None, done, owner))
 
-    True for every padded window whose own padded length is a multiple of `LENGTH_STEP`: such a row gives the same
-    bits at any padded length from `MIN_PADDED_LENGTH` to `max_length` that is a multiple of `LENGTH_STEP`
-    (tests/test_batch_invariance.py). A window that fills `max_length` (no padding, so no mask) or is padded to a
-    `max_length` that is not such a multiple is only batched with windows of its own length.
-    """
-    length = padded_length(pieces, max_length)
-    return length > pieces and length % LENGTH_STEP == 0
+    @property
+    def pending(self) -> int:
+        """Windows queued and not yet run."""
+        return sum(len(q) for q in self.queues.values())
 
+    def run_full(self) -> None:
+        """Run every bucket that holds a full call, shortest bucket first."""
+        for length in sorted(self.queues):
+            queue = self.queues[length]
+            while len(queue) >= self.rows:
+                entries = queue[: self.rows]
+                del queue[: self.rows]
+                self._run(entries, length)
 
-def batch_length(rows: Sequence[Window], max_length: int) -> int:
-    """The padded length of a batch of `length_batches`: its longest row's `padded_length`."""
-    return max(padded_length(len(w.input_ids), max_length) for w in rows)
+    def flush(self) -> None:
+        """Run every queued window (the last call of a bucket padded with empty rows)."""
+        self.run_full()
+        for length in sorted(self.queues):
+            entries = self.queues.pop(length)
+            if entries:
+                self._run(entries, length)
 
+    def discard(self, owners: set) -> None:
+        """Drop the queued windows of `owners`."""
+        for length, queue in self.queues.items():
+            self.queues[length] = [e for e in queue if e.owner not in owners]
 
-def length_batches(windows: Sequence[Window], batch_size: int, max_tokens: int,
-                   max_length: int | None = None) -> list[list[int]]:
-    """Indices of `windows` grouped into batches that can be padded without changing any row's result.
+    @torch.inference_mode()
+    def _run(self, entries: list[_Entry], length: int) -> None:
+        try:
+            results = self._call(entries, length)
+        except Exception as exc:  # noqa: BLE001 - the caller decides whose posts it costs
+            raise CallFailed(exc, [e.owner for e in entries]) from exc
+        for entry, result in zip(entries, results):
+            entry.done(result)
 
-    Windows sorted by length are cut into batches of at most `batch_size` rows and `max_tokens` padded pieces, each
-    padded to its longest row's `padded_length` (`batch_length`); a batch of `SPLIT_ROWS` rows or more also closes
-    where the padded length steps up. A window that does not `_mixes` is batched only
-    with windows of its own length. Which row lands in which batch changes with the batch mates, but no row's
-    result does. Batches come shortest first, windows of one length in input order.
-    """
-    cap = max_length or max((len(w.input_ids) for w in windows), default=0)
-    groups: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        n = len(w.input_ids)
-        groups.setdefault(0 if _mixes(n, cap) else n, []).append(i)
-    batches: list[list[int]] = []
-    for _, members in sorted(groups.items()):
-        members.sort(key=lambda i: len(windows[i].input_ids))
-        current: list[int] = []
-        current_length = 0
-        for i in members:
-            length = padded_length(len(windows[i].input_ids), cap)
-            if current and (len(current) >= batch_size or length * (len(current) + 1) > max_tokens
-                            or (length > current_length and len(current) >= SPLIT_ROWS)):
-                batches.append(current)
-                current = []
-            current.append(i)
-            current_length = length
-        if current:
-            batches.append(current)
-    return batches
-
-
-def _forward(model, featurizer, rows: Sequence[Window], task: str, image_tokens: torch.Tensor | None,
-             image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """Logits of `rows` (one batch of `length_batches`), padded to their `batch_length`.
-
-    `image_tokens` are the posts' `post_visual_tokens` (row `post` of each window). A lone row is run with a
-    text-only copy of itself as a second row: CPU batched matmuls round a batch of one differently from any larger
-    batch (the same row's emissions came out 1e-7 apart), while 2 to 64 rows agree.
-    """
-    padded = list(rows) + [rows[0]] * (len(rows) == 1)
-    batch = _to(featurizer.collate(padded, task, length=batch_length(rows, featurizer.max_length)), device)
-    if image_tokens is not None and image_present is not None:
-        posts = torch.tensor([w.post for w in padded], dtype=torch.long)
-        present = image_present[posts].to(device)
-        present[len(rows):] = False  # the copy of a lone row needs no photo: its output is dropped
-        batch.update(image_tokens=image_tokens[posts.to(image_tokens.device)], image_present=present)
-    return model(**batch).logits[: len(rows)]
+    def _call(self, entries: list[_Entry], length: int) -> list[torch.Tensor]:
+        rows = [e.window for e in entries] + [self.filler] * (self.rows - len(entries))
+        words = length if self.task == "ner" else None
+        batch = self.featurizer.collate(rows, self.task, length=length, words=words)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()
+                 if k not in ("labels", "label_weights")}
+        if self.uses_images:
+            tokens = self.model.no_image_tokens.new_zeros((self.rows, *self.model.no_image_tokens.shape))
+            present = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+            for i, entry in enumerate(entries):
+                if entry.image is not None:
+                    tokens[i], present[i] = entry.image, True
+            batch.update(image_tokens=tokens, image_present=present)
+        if self.shapes is not None:
+            self.shapes.append(CallShape(len(rows), length, words or 0, [len(e.window.input_ids) for e in entries]))
+        logits = self.model(**batch).logits
+        if self.task == "ner":
+            out = logits.float().cpu()
+            return [out[i, : len(e.window.word_index)] for i, e in enumerate(entries)]
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        return [probs[i] for i in range(len(entries))]
 
 
 @torch.inference_mode()
-def post_visual_tokens(model, windows: Sequence[Window], pixel_values: torch.Tensor | None,
-                       image_present: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """Visual tokens `(posts, N, d)` of the posts with a photo that `windows` read (zeros elsewhere), or None.
+def encode_photos(model: nn.Module, photos: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Visual tokens `(N, d)` of each photo (float pixels `(3, S, S)`; None: no photo), `IMAGE_BATCH` per call.
 
-    Each such photo goes through the backbone once, however many windows or pairs its post has (a post without a
-    window, e.g. one without an entity pair, costs nothing), in calls of `IMAGE_BATCH` photos (the last call padded
-    by `FixedImageBatches` after `make_batch_invariant`).
+    Every call holds exactly `IMAGE_BATCH` images (blank ones fill the last), so a photo's tokens do not depend on
+    the other photos of the batch. All None when the model reads no images.
     """
-    if pixel_values is None or image_present is None or not model.uses_images:
-        return None
-    wanted = torch.zeros_like(image_present, dtype=torch.bool)
-    wanted[sorted({w.post for w in windows})] = True
-    index = (wanted & image_present.bool()).nonzero(as_tuple=True)[0]
-    if not len(index):
-        return None
-    parts = [model.visual_tokens(pixel_values[index[k: k + IMAGE_BATCH]].to(device, non_blocking=True))
-             for k in range(0, len(index), IMAGE_BATCH)]
-    tokens = torch.cat(parts)
-    out = tokens.new_zeros((len(pixel_values), *tokens.shape[1:]))
-    out[index.to(device)] = tokens
+    out: list[torch.Tensor | None] = [None] * len(photos)
+    if not getattr(model, "uses_images", False):
+        return out
+    param = next(model.image_backbone.parameters(), None)
+    if param is None:
+        param = next(model.parameters())
+    index = [i for i, photo in enumerate(photos) if photo is not None]
+    for start in range(0, len(index), IMAGE_BATCH):
+        part = index[start: start + IMAGE_BATCH]
+        first = photos[part[0]]
+        pixels = torch.zeros((IMAGE_BATCH, *first.shape), dtype=param.dtype, device=param.device)
+        for row, i in enumerate(part):
+            pixels[row] = photos[i].to(param.device, param.dtype)
+        tokens = model.visual_tokens(pixels)
+        for row, i in enumerate(part):
+            out[i] = tokens[row]
     return out
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("labels", "label_weights")}
-
-
 @torch.inference_mode()
-def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                max_tokens: int = DEFAULT_MAX_TOKENS, pixel_values: torch.Tensor | None = None,
-                image_present: torch.Tensor | None = None) -> list[NERPrediction]:
-    """Tag every word of every post (windows from `Featurizer.encode_ner`, `post` = index into pixel_values)."""
-    model, featurizer = loaded.model, loaded.featurizer
-    device = next(model.parameters()).device
+def decode_posts(model: nn.Module, emissions: Sequence[torch.Tensor],
+                 record_shapes: list[CallShape] | None = None) -> list[NERPrediction]:
+    """CRF-decode each post's word emissions `(words, tags)` in calls of `CRF_ROWS` posts padded to a word bucket.
+
+    A post's tags and tag scores are a function of its emissions alone (its call's shape is).
+    """
     labels = model.config.labels
-    flat = [w for windows in windows_per_post for w in windows]
-    rows_out: list[torch.Tensor | None] = [None] * len(flat)
-    tokens = post_visual_tokens(model, flat, pixel_values, image_present, device)
-    for idx in length_batches(flat, batch_size, max_tokens, featurizer.max_length):
-        emissions = _forward(model, featurizer, [flat[i] for i in idx], "ner", tokens, image_present,
-                             device).float().cpu()
-        for k, i in enumerate(idx):
-            rows_out[i] = emissions[k, : len(flat[i].word_index)]
-    merged: list[torch.Tensor] = []
-    cursor = 0
-    for windows in windows_per_post:
-        merged.append(merge_window_emissions(windows, rows_out[cursor: cursor + len(windows)]))
-        cursor += len(windows)
-    return _decode(model, merged, labels)
-
-
-def _decode(model, merged: list[torch.Tensor], labels: list[str]) -> list[NERPrediction]:
-    out: list[NERPrediction] = [NERPrediction([], []) for _ in merged]
-    todo = [i for i, m in enumerate(merged) if m.shape[0] > 0]
-    if not todo:
-        return out
     device = next(model.parameters()).device
-    length = max(merged[i].shape[0] for i in todo)
-    num_tags = merged[todo[0]].shape[1]
-    emissions = torch.zeros((len(todo), length, num_tags))
-    mask = torch.zeros((len(todo), length), dtype=torch.bool)
-    for row, i in enumerate(todo):
-        n = merged[i].shape[0]
-        emissions[row, :n] = merged[i]
-        mask[row, :n] = True
-    with _single_threaded(device):
-        tags, marginals = model.decode(emissions.to(device), mask.to(device))
-    marginals = marginals.float().cpu()
-    for row, i in enumerate(todo):
-        seq = tags[row]
-        out[i] = NERPrediction([labels[t] for t in seq],
-                               [float(marginals[row, j, t]) for j, t in enumerate(seq)])
+    out = [NERPrediction([], []) for _ in emissions]
+    buckets: dict[int, list[int]] = {}
+    for i, rows in enumerate(emissions):
+        if rows.shape[0]:
+            buckets.setdefault(word_bucket(rows.shape[0]), []).append(i)
+    for words in sorted(buckets):
+        members = buckets[words]
+        for start in range(0, len(members), CRF_ROWS):
+            part = members[start: start + CRF_ROWS]
+            padded = torch.zeros((CRF_ROWS, words, len(labels)))
+            mask = torch.zeros((CRF_ROWS, words), dtype=torch.bool)
+            mask[:, 0] = True  # empty rows are one-word posts of zero emissions; their result is dropped
+            for row, i in enumerate(part):
+                n = emissions[i].shape[0]
+                padded[row, :n] = emissions[i]
+                mask[row, :n] = True
+            if record_shapes is not None:
+                record_shapes.append(CallShape(CRF_ROWS, words, words, [emissions[i].shape[0] for i in part]))
+            with _single_threaded(device):
+                tags, marginals = model.decode(padded.to(device), mask.to(device))
+            marginals = marginals.float().cpu()
+            for row, i in enumerate(part):
+                seq = tags[row]
+                out[i] = NERPrediction([labels[t] for t in seq],
+                                       [float(marginals[row, j, t]) for j, t in enumerate(seq)])
     return out
 
 
@@ -219,20 +268,38 @@ def _single_threaded(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@torch.inference_mode()
-def predict_re(loaded, windows: Sequence[Window], *, batch_size: int = DEFAULT_BATCH_SIZE,
-               max_tokens: int = DEFAULT_MAX_TOKENS, pixel_values: torch.Tensor | None = None,
-               image_present: torch.Tensor | None = None) -> torch.Tensor:
-    """Relation probabilities `(len(windows), num_labels)` for windows from `Featurizer.encode_re_batch`."""
-    model, featurizer = loaded.model, loaded.featurizer
-    device = next(model.parameters()).device
+def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *,
+                photos: Sequence[torch.Tensor | None] | None = None) -> list[NERPrediction]:
+    """Tag every word of every post (windows from `Featurizer.encode_ner`; `photos[k]`: post k's float pixels)."""
+    model = loaded.model
+    visual = encode_photos(model, photos) if photos is not None else [None] * len(windows_per_post)
+    runner = WindowRunner(model, loaded.featurizer, "ner")
+    rows: list[list[torch.Tensor | None]] = [[None] * len(ws) for ws in windows_per_post]
+    for k, windows in enumerate(windows_per_post):
+        for j, window in enumerate(windows):
+            runner.add(window, _setter(rows[k], j), image=visual[k])
+    runner.flush()
+    merged = [merge_window_emissions(ws, r) for ws, r in zip(windows_per_post, rows)]
+    return decode_posts(model, merged)
+
+
+def predict_re(loaded, windows: Sequence[Window], *,
+               photos: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Relation probabilities `(len(windows), labels)` (`photos[i]`: float pixels of window i's post, or None)."""
+    model = loaded.model
+    visual = encode_photos(model, photos) if photos is not None else [None] * len(windows)
     probs = torch.zeros((len(windows), len(model.config.labels)))
-    tokens = post_visual_tokens(model, windows, pixel_values, image_present, device)
-    for idx in length_batches(windows, batch_size, max_tokens, featurizer.max_length):
-        logits = _forward(model, featurizer, [windows[i] for i in idx], "re", tokens, image_present,
-                          device).float()
-        probs[torch.tensor(idx)] = torch.softmax(logits, dim=-1).cpu()
+    runner = WindowRunner(model, loaded.featurizer, "re")
+    for i, window in enumerate(windows):
+        runner.add(window, _setter(probs, i), image=visual[i])
+    runner.flush()
     return probs
+
+
+def _setter(target, index: int) -> Callable[[torch.Tensor], None]:
+    def done(result: torch.Tensor) -> None:
+        target[index] = result
+    return done
 
 
 def optimize_for_inference(loaded) -> None:
@@ -243,7 +310,6 @@ def optimize_for_inference(loaded) -> None:
       symmetric "same" zero padding is moved into the convolution itself; the result is checked against the
       unchanged backbone on a probe image and dropped if it differs.
     * On CPU the image backbone runs in channels-last memory format (faster oneDNN convolutions).
-    * `make_batch_invariant`: a row's result no longer depends on the rows batched with it.
 
     Measured on CPU (benchmarks/README.md): EfficientNet-Lite0 and ResNet-50 1.7x and 2.4x faster, text encoder
     about 15% faster. The model must not be trained or saved afterwards (BatchNorm layers become Identity).
@@ -264,66 +330,6 @@ def optimize_for_inference(loaded) -> None:
             model.image_backbone = _folded(backbone, loaded.image_info.image_size, param.device)
         if param.device.type == "cpu":
             model.image_backbone.to(memory_format=torch.channels_last)
-    make_batch_invariant(model)
-
-
-class RowAlignedLinear(nn.Linear):
-    """`nn.Linear` that always multiplies a multiple of `ROW_ALIGN` rows (zero rows are added, then dropped).
-
-    CPU GEMM kernels (MKL) give a row a different rounding when the number of rows, or a thread's share of them, is
-    not a multiple of 4: the same post's visual tokens (5 rows per window) or relation pair came out 1e-7 apart with
-    different batch mates. With the row count a multiple of 4 the result of each row was bit-identical for every
-    row count and position tried (1 to 4096 rows, 1 to 16 threads; tests/test_batch_invariance.py).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Linear's
-        features = x.shape[-1]
-        rows = x.numel() // features if features else 0
-        extra = -rows % ROW_ALIGN
-        if not extra:
-            return super().forward(x)
-        flat = x.reshape(rows, features)
-        out = super().forward(torch.cat([flat, flat.new_zeros((extra, features))]))
-        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
-
-
-class FixedImageBatches(nn.Module):
-    """Runs a wrapped image backbone on exactly `IMAGE_BATCH` images per call (the last call padded with blank ones).
-
-    Multi-threaded oneDNN convolutions round an image differently depending on how many images share the call, but
-    not on where it sits in a call of a fixed size; one image per call would be about 4x slower on CPU.
-    """
-
-    def __init__(self, backbone: nn.Module, size: int = 0) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.size = size or IMAGE_BATCH
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # noqa: D102 - the wrapped backbone's
-        out = []
-        for start in range(0, pixel_values.size(0), self.size):
-            part = pixel_values[start: start + self.size]
-            extra = self.size - part.size(0)
-            if extra:
-                part = torch.cat([part, part.new_zeros((extra, *part.shape[1:]))])
-            out.append(self.backbone(part)[: self.size - extra])
-        return torch.cat(out)
-
-
-def make_batch_invariant(model: nn.Module) -> None:
-    """Make each row of an inference forward a function of that row alone (with `length_batches` / `_forward`).
-
-    Linear layers become `RowAlignedLinear`, and the image backbone always sees `IMAGE_BATCH` images per call. The
-    text encoder's attention and the MMIB attention blocks are row-independent as long as every row of a batch has
-    the same padded length (`length_batches`) and a batch has at least two rows (`_forward`). Idempotent; for
-    inference only.
-    """
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = RowAlignedLinear
-    backbone = getattr(model, "image_backbone", None)
-    if backbone is not None and not isinstance(backbone, FixedImageBatches):
-        model.image_backbone = FixedImageBatches(backbone)
 
 
 def _folded(backbone: nn.Module, image_size: int, device: torch.device) -> nn.Module:

@@ -35,9 +35,10 @@ def pipeline_options(func: F) -> F:
         click.option("-o", "--output", required=True, help="Output JSONL file, or - for stdout."),
         model_option,
         click.option("-b", "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
-                     help="Posts per model batch."),
-        click.option("--max-tokens", type=click.IntRange(16), default=DEFAULT_MAX_TOKENS, show_default=True,
-                     help="Upper bound on padded sub-word pieces per batch."),
+                     help="Posts per reader batch (a chunk holds 16): memory and progress steps only; model calls "
+                          "have a fixed shape, so it never changes a record."),
+        click.option("--max-tokens", type=click.IntRange(16), default=DEFAULT_MAX_TOKENS, hidden=True,
+                     help="Ignored (kept so existing scripts run): every model call has a fixed shape."),
         click.option("--num-workers", type=click.IntRange(0), default=None,
                      help="Worker processes for reading, tokenising and image decoding; 0 = a background thread "
                           "(default: 0 on CPU, 2 on GPU)."),

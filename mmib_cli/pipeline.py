@@ -17,11 +17,12 @@ import queue
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmib_cli.annotate import Annotator, prepare
+from mmib_cli.annotate import Annotator
+from mmib_cli.preprocess import prepare
 from mmib_cli.choices import Engine
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InputUnreadable, MMIBError, OutputClosed
@@ -207,9 +208,7 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
                 if writer.resumed_from is not None and writer.done_lines:  # lines made from another run's input?
                     fingerprint.check_resume(run_info_path(writer.path), opts.input_path, writer.resumed_from)
             if annotator is None:
-                annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype,
-                                                      online=opts.online, batch_size=opts.batch_size,
-                                                      max_tokens=opts.max_tokens)
+                annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, online=opts.online)
             _annotate(opts, annotator, writer, summary)
     except Interrupted as exc:
         summary.interrupted(exc.signum)
@@ -239,25 +238,38 @@ def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter,
     if annotator.ner is not None and annotator.ner.image_info is None:
         logger.info("model %s was trained without images: posts are annotated from their text only",
                     annotator.model_label)
-    settings = annotator.prepare_settings(**opts.prepare_fields())
+    mode, relation_settings = opts.mode, opts.relation_settings
+    settings = annotator.prepare_settings(mode, relation_settings, **opts.prepare_fields())
     # CPU: a reader thread, not a worker process: the model already uses every core, and a second process costs more
     # than it overlaps (benchmarks/README.md, 2 cores: 0.92 vs 0.79 of the pure-forward rate on text-only posts,
     # 0.78 vs 0.74 with photos on half the posts)
     workers = opts.num_workers if opts.num_workers is not None else (2 if annotator.device.type == "cuda" else 0)
-    mode, relation_settings = opts.mode, opts.relation_settings
     done = frozenset(line for line, _ in writer.done_lines)
     summary.resumed = len(done)
     source = _ChunkSource(opts, settings, opts.chunk_rule, done)
+    # windows of a chunk's partly filled call buckets wait for the next chunk's (at most one chunk of posts)
+    session = annotator.session(mode, relation_settings, max_held=opts.chunk_rule.size)
     with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
-        for chunk in _read(source, workers, writer):
-            for record in annotator.process(chunk, mode, relation_settings):
-                summary.count(writer.write(record))
-            writer.flush()
-            progress.advance(len(chunk))
+        def finish() -> None:
+            _write(session.finish(), writer, summary, progress)
+
+        for chunk in _read(source, workers, writer, before_abort=finish):
+            _write(session.feed(chunk), writer, summary, progress)
+        finish()
 
 
-def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iterator[list]:
-    """The prepared chunks in input order; a failure of the reader or of a worker process ends the run.
+def _write(records: list[dict[str, Any]], writer: AtomicJSONLWriter, summary: RunSummary, progress: Progress) -> None:
+    """Write and count records the model stage finished (in input order), and show them as progress."""
+    for record in records:
+        summary.count(writer.write(record))
+    writer.flush()
+    progress.advance(len(records))
+
+
+def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter,
+          before_abort: Callable[[], None]) -> Iterator[list]:
+    """The prepared chunks in input order; a failure of the reader or of a worker process ends the run, after
+    `before_abort` has finished the posts already read.
 
     Raises:
         InputUnreadable: reading or preparing the input failed (an I/O error, a worker that died); the complete
@@ -271,6 +283,10 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter) -> Iter
             return
         except Exception as exc:  # noqa: BLE001 - any reader/worker failure is fatal, never a silent loss
             logger.debug("reading the input failed", exc_info=True)
+            try:
+                before_abort()
+            except Exception:  # noqa: BLE001 - the reader's failure is the one to report
+                logger.debug("finishing the posts already read failed", exc_info=True)
             writer.abort()
             reason = exc if isinstance(exc, MMIBError) else f"{type(exc).__name__}: {exc}"
             raise InputUnreadable(f"reading {source.opts.input_path} failed ({reason}); {_kept(writer)}") from exc

@@ -52,16 +52,16 @@ def test_library_relations_default_to_the_given_pairs(annotator):
 
 def test_one_failing_post_does_not_lose_its_chunk(annotator, monkeypatch):
     """A model-stage exception caused by one post becomes that post's error record; the others are annotated."""
-    import mmib_cli.annotate as annotate_module
+    from mmib_cli import inference
 
-    real = annotate_module.predict_ner
+    real = inference.WindowRunner._call
 
-    def flaky(loaded, windows, **kwargs):
-        if any(len(ws[0].word_index) == 4 for ws in windows):  # the 4-word post breaks the model
+    def flaky(self, entries, length):
+        if any(len(e.window.word_index) == 4 for e in entries):  # the 4-word post breaks the model
             raise RuntimeError("boom")
-        return real(loaded, windows, **kwargs)
+        return real(self, entries, length)
 
-    monkeypatch.setattr(annotate_module, "predict_ner", flaky)
+    monkeypatch.setattr(inference.WindowRunner, "_call", flaky)
     out = list(annotator.annotate([{"text": "one"}, {"text": "a b c d"}, {"text": "two words"}]))
     assert out[0]["tokens"][0]["text"] == "one" and out[2]["bio"] and len(out[2]["bio"]) == 2
     assert out[1]["error"]["type"] == "AnnotationFailed" and "boom" in out[1]["error"]["message"]

@@ -566,9 +566,9 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
 def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text_only_ner, tmp_path, monkeypatch,
                                                                        check):
     """A NaN produced after reading (a broken model's score) never aborts the run nor reaches the output."""
-    import mmib_cli.annotate as annotate
+    import mmib_cli.flow as flow
 
-    make_output = annotate.make_output
+    make_output = flow.make_output
 
     def nan_score(post, **kwargs):
         record = make_output(post, **kwargs)
@@ -576,7 +576,7 @@ def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text
             record["score"] = float("nan")
         return record
 
-    monkeypatch.setattr(annotate, "make_output", nan_score)
+    monkeypatch.setattr(flow, "make_output", nan_score)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "text": "Obama"}, {"id": "broken", "text": "Obama"}])
     result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0",
                     expect=3)

@@ -152,18 +152,18 @@ def annotator(tiny_bundle):
 
 
 def test_a_post_with_hundreds_of_entities_scores_a_bounded_number_of_pairs_in_blocks(annotator, monkeypatch):
-    from mmib_cli import annotate
+    from mmib_cli import inference
     from mmib_cli.annotate import RelationSettings
 
     calls: list[int] = []
-    real = annotate.predict_re
+    real = inference.WindowRunner._call
 
-    def counting(loaded, windows, **kwargs):
-        calls.append(len(windows))
-        return real(loaded, windows, **kwargs)
+    def counting(self, entries, length):
+        if self.task == "re":
+            calls.append(len(entries))
+        return real(self, entries, length)
 
-    monkeypatch.setattr(annotate, "predict_re", counting)
-    monkeypatch.setattr(annotate, "PAIR_BLOCK", 256)
+    monkeypatch.setattr(inference.WindowRunner, "_call", counting)
     words = [f"w{i}" for i in range(300)]
     text = " ".join(words)
     starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
@@ -172,7 +172,8 @@ def test_a_post_with_hundreds_of_entities_scores_a_bounded_number_of_pairs_in_bl
     settings = RelationSettings(pair=True, keep_none=True, min_score=0.0)
     record = next(annotator.relations([{"id": "big", "text": text, "entities": entities}], relation_settings=settings))
     assert record["relations_capped"] == {"pairs": 300 * 299, "scored": 1000}
-    assert sum(calls) == 1000 and max(calls) <= 256  # four blocks, never all pairs at once
+    rows = inference.rows_per_call(annotator.device)
+    assert sum(calls) == 1000 and max(calls) <= rows  # calls of a fixed row count, never all pairs at once
     assert len(record["relations"]) == 1000  # keep_none: one record per scored pair, none self or overlapping
     assert all(r["head"]["start"] != r["tail"]["start"] for r in record["relations"])
 

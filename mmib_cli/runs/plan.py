@@ -6,6 +6,7 @@ prepare and relation settings, task check and chunk size. An engine (`pipeline.p
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,13 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PA
                               Command, DType, Engine, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, UsageError
 from mmib_cli.io.jsonl import input_base_dir
+from mmib_cli.settings import PrepareSettings, RelationSettings
 
 __all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ENGINE_TRAITS", "ChunkRule", "EngineTraits", "PrepareSettings",
            "RelationSettings", "RunOptions", "is_uri", "parse_shard"]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,40 +52,6 @@ the posts have photos and chunks close at the photo cap) against 74% with fixed 
 CHUNK_IMAGE_BATCHES = 4
 """A default chunk closes early once it holds this many batches' worth of posts with a photo, so the photos queued
 between the reader and the model stay bounded (each is a 150 KB uint8 crop at 224 px; benchmarks/README.md)."""
-
-
-@dataclass
-class PrepareSettings:
-    """How `prepare` reads a record: field names, where images live, what to do when one is missing."""
-
-    id_field: str = "id"
-    text_field: str = "text"
-    image_field: str = "image"
-    base_dir: Path = field(default_factory=Path.cwd)
-    image_root: Path | None = None
-    on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
-    image_size: int | None = None  # None: the model takes no image, so images are not decoded
-    max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
-
-    def __post_init__(self) -> None:
-        self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
-
-
-@dataclass
-class RelationSettings:
-    """Options of relation extraction (`mmib relations` / `annotate --relations`)."""
-
-    pair: bool = True  # every ordered entity pair (else only the pairs the input gives)
-    min_score: float | None = None  # None: the RE checkpoint's `relation_min_score`, else DEFAULT_MIN_SCORE
-    keep_none: bool = False
-    type_constraints: bool = True
-    max_pairs: int = DEFAULT_MAX_PAIRS  # most ordered pairs scored per post (nearest first); 0 = no cap
-
-    def __post_init__(self) -> None:
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {self.min_score!r}")
-        if isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, int) or self.max_pairs < 0:
-            raise ValueError(f"max_pairs must be an integer >= 0 (0: no cap), got {self.max_pairs!r}")
 
 
 @dataclass(frozen=True)
@@ -158,8 +127,7 @@ class RunOptions:
     max_pairs: int = DEFAULT_MAX_PAIRS
     keep_none: bool = False
     type_constraints: bool = True
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    batch_size: int = DEFAULT_BATCH_SIZE  # posts per reader batch: chunking only, never a record
     num_workers: int | None = None
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_root: str | None = None
@@ -191,6 +159,8 @@ class RunOptions:
                 chosen engine cannot do (stdin/stdout, `--resume`).
         """
         shard = options.pop("shard", None)
+        if options.pop("max_tokens", DEFAULT_MAX_TOKENS) != DEFAULT_MAX_TOKENS:
+            logger.warning("--max-tokens is ignored: every model call has a fixed shape (see Reproducible output)")
         return cls(shard=parse_shard(shard) if shard else None, **options).check()
 
     def check(self) -> RunOptions:
