@@ -96,7 +96,7 @@ class Annotator:
     def _stream(self, records: Iterable[dict[str, Any]], mode: Mode, relation_settings: RelationSettings | None,
                 chunk_size: int, prepare_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         settings = self.prepare_settings(mode, relation_settings, **prepare_kwargs)
-        session = self.session(mode, relation_settings, max_held=0)  # a chunk's records before the next is read
+        session = self.session(mode, relation_settings, max_wait=0)  # a chunk's records before the next is read
         chunk: list[Prepared | Skipped | ErrorRecord] = []
         for line, obj in enumerate(records, 1):
             chunk.append(prepare(line, obj, settings))

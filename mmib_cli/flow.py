@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_HELD = 2048
-"""Posts a session holds before it runs partly empty calls to finish the oldest: bounds memory and latency."""
+DEFAULT_MAX_WAIT = 1024
+"""Posts fed after a window was queued before its bucket runs partly empty: bounds how long a post waits for call
+mates (and so the posts held in flight and the work an interrupted run redoes)."""
 
 
 @dataclass(eq=False)
@@ -73,7 +74,7 @@ class AnnotationSession:
         annotator: the loaded models (`Annotator`).
         mode: what to produce.
         relation_settings: how relations are chosen and decoded (`RelationSettings()` when None).
-        max_held: posts held in flight before partly empty calls finish the oldest (0: every `feed` returns the
+        max_wait: posts fed after a window before its call runs partly filled (0: every `feed` returns the
             records of all the posts fed so far).
         isolated: a session that runs one post alone after a failed call (a failure becomes its error record).
 
@@ -82,10 +83,11 @@ class AnnotationSession:
     """
 
     def __init__(self, annotator: Any, mode: Mode, relation_settings: RelationSettings | None = None, *,
-                 max_held: int = DEFAULT_MAX_HELD, isolated: bool = False, record_shapes: bool = False) -> None:
+                 max_wait: int = DEFAULT_MAX_WAIT, isolated: bool = False, record_shapes: bool = False) -> None:
         self.annotator, self.mode = annotator, mode
         self.settings = relation_settings or RelationSettings()
-        self.max_held, self.isolated = max(0, max_held), isolated
+        self.max_wait, self.isolated = max(0, max_wait), isolated
+        self.fed = 0  # posts fed so far: the clock windows wait by
         if mode.wants_relations and annotator.re is None:
             raise InvalidCheckpoint(f"model {annotator.model_label} has no relation (re) model")
         if mode is not Mode.RELATIONS and annotator.ner is None:
@@ -108,19 +110,24 @@ class AnnotationSession:
         flows = [PostFlow(item, image_used=image_models and isinstance(item, Prepared) and item.pixels is not None)
                  for item in chunk]
         self.flows.extend(flows)
+        self.fed += len(flows)
         self._guarded(self._start, flows)
-        self._advance(flush=False)
-        while len(self.flows) > self.max_held and self.flows[0].record is None:
-            self._advance(flush=True)
+        if self.max_wait:
+            self._advance(before=self.fed - self.max_wait)
+        else:
+            self._drain()
         return self._emit()
 
     def finish(self) -> list[dict[str, Any]]:
         """Run everything still queued; return the remaining records."""
+        self._drain()
+        return self._emit()
+
+    def _drain(self) -> None:
         while any(flow.record is None for flow in self.flows):
-            self._advance(flush=True)
+            self._advance(before=None)
             if not self.tagged and not any(r is not None and r.pending for r in (self.ner, self.re)):
                 self._lost()
-        return self._emit()
 
     def _lost(self) -> None:
         """Never hang: a post that waits for nothing queued gets an error record (a bug, logged as such)."""
@@ -136,18 +143,23 @@ class AnnotationSession:
             out.append(self.flows.popleft().record)
         return out
 
-    def _advance(self, *, flush: bool) -> None:
-        """Run the full calls (all calls with `flush`) of each stage, in stage order."""
+    def _advance(self, *, before: int | None) -> None:
+        """Run, stage by stage, the full calls and those whose oldest window was queued before the clock read
+        `before` (None: every call)."""
         for runner, then in ((self.ner, self._decode_tagged), (self.re, None)):
             if runner is None:
                 continue
             try:
-                runner.flush() if flush else runner.run_full()
+                runner.run_full()
+                if before is None:
+                    runner.flush()
+                else:
+                    runner.run_stale(before)
             except CallFailed as failure:
                 if _is_fatal(failure.cause):
                     raise failure.cause from None
                 self._isolate([owner for owner in failure.owners if isinstance(owner, PostFlow)], failure.cause)
-                return self._advance(flush=flush)
+                return self._advance(before=before)
             if then is not None:
                 then()
 
@@ -196,7 +208,8 @@ class AnnotationSession:
             flow.ner_windows, flow.ner_rows = post_windows, [None] * len(post_windows)
             flow.waiting = len(post_windows)
             for j, window in enumerate(post_windows):
-                self.ner.add(window, flow.row_setter(flow.ner_rows, j, self._tagged), image=image, owner=flow)
+                self.ner.add(window, flow.row_setter(flow.ner_rows, j, self._tagged), image=image, owner=flow,
+                             since=self.fed)
 
     def _visual_tokens(self, flows: Sequence[PostFlow], loaded: LoadedModel, *,
                        last_use: bool) -> list[torch.Tensor | None]:
@@ -266,7 +279,7 @@ class AnnotationSession:
             flow.pair_probs, flow.waiting = [None] * len(windows), len(windows)
             for k, window in enumerate(windows):
                 self.re.add(window, flow.row_setter(flow.pair_probs, k, self._finished_relations), image=image,
-                            owner=flow)
+                            owner=flow, since=self.fed)
 
     def _finished_relations(self, flow: PostFlow) -> None:
         self._guarded(lambda flows: self._finish(flows[0]), [flow])

@@ -91,6 +91,7 @@ class _Entry:
     image: torch.Tensor | None  # the visual tokens (N, d) of the window's post, or None
     done: Callable[[torch.Tensor], None]  # gets the row's result (float32, CPU)
     owner: object = None
+    since: int = 0  # the caller's clock (e.g. posts fed) when the window was queued
 
 
 @dataclass
@@ -123,10 +124,14 @@ class WindowRunner:
         self.shapes: list[CallShape] | None = [] if record_shapes else None
 
     def add(self, window: Window, done: Callable[[torch.Tensor], None], *, image: torch.Tensor | None = None,
-            owner: object = None) -> None:
-        """Queue `window` (of a post whose visual tokens are `image`); `done(result)` is called when it has run."""
+            owner: object = None, since: int = 0) -> None:
+        """Queue `window` (of a post whose visual tokens are `image`); `done(result)` is called when it has run.
+
+        `since`: the caller's clock when it was queued (see `run_stale`).
+        """
         length = bucket_length(len(window.input_ids), self.max_length)
-        self.queues.setdefault(length, []).append(_Entry(window, image if self.uses_images else None, done, owner))
+        entry = _Entry(window, image if self.uses_images else None, done, owner, since)
+        self.queues.setdefault(length, []).append(entry)
 
     @property
     def pending(self) -> int:
@@ -141,6 +146,15 @@ class WindowRunner:
                 entries = queue[: self.rows]
                 del queue[: self.rows]
                 self._run(entries, length)
+
+    def run_stale(self, before: int) -> None:
+        """Run every bucket whose oldest window was queued before the clock read `before` (padded with empty rows)."""
+        for length in sorted(self.queues):
+            queue = self.queues[length]
+            if queue and queue[0].since < before:
+                del self.queues[length]
+                for start in range(0, len(queue), self.rows):
+                    self._run(queue[start: start + self.rows], length)
 
     def flush(self) -> None:
         """Run every queued window (the last call of a bucket padded with empty rows)."""

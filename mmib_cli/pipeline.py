@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, NamedTuple
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmib_cli.annotate import Annotator
-from mmib_cli.flow import DEFAULT_MAX_HELD
 from mmib_cli.preprocess import prepare
 from mmib_cli.choices import Engine
 from mmib_cli.console import Progress
@@ -248,8 +247,8 @@ def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter,
     done = frozenset(line for line, _ in writer.done_lines)
     summary.resumed = len(done)
     source = _ChunkSource(opts, settings, opts.chunk_rule, done)
-    # windows of a chunk's partly filled call buckets wait for the next chunks' (a bounded number of posts)
-    session = annotator.session(mode, relation_settings, max_held=max(DEFAULT_MAX_HELD, opts.chunk_rule.size))
+    # a window in a partly filled call waits for mates from the next chunks (up to DEFAULT_MAX_WAIT posts)
+    session = annotator.session(mode, relation_settings)
     with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
         def finish() -> None:
             _write(session.finish(), writer, summary, progress)

@@ -101,7 +101,7 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
         path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
         if settings.image_size is None:
             check_image(path, max_bytes=max_bytes)
-        else:  # uint8 until its batch is built (4x less memory per queued photo); normalised in `Annotator._pixels`
+        else:  # uint8 until its batch is built (4x less memory per queued photo); normalised in `flow.AnnotationSession._visual_tokens`
             prepared.pixels = load_image(path, image_size=settings.image_size, mean=None, std=None,
                                          max_bytes=max_bytes)
     except Exception as exc:  # noqa: BLE001 - ImageError, or anything odd a path or decoder raises
