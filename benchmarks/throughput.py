@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,40 +52,45 @@ def pipeline_chunks(annotator: Any, posts_path: Path, args: argparse.Namespace) 
 
 
 def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace) -> tuple[list[dict], int, int]:
-    """Every forward batch the pipeline would run on `posts_path`, as device tensors; also posts and chunks."""
+    """Every forward call the pipeline makes on `posts_path`, as device tensors: its photos in calls of
+    `IMAGE_BATCH` (their visual tokens go into the text calls) and its windows in full fixed-shape calls per length
+    bucket (as windows carried across chunks fill them); also posts and chunks."""
     import torch
 
     from mmib_cli import inference
     from mmib_cli.annotate import Prepared
+    from mmib_cli.io.images import normalize_pixels
 
     loaded = annotator.ner
-    device = annotator.device
-    dtype = next(loaded.model.parameters()).dtype
-    batches: list[dict] = []
+    device, featurizer = annotator.device, loaded.featurizer
+    rows = inference.rows_per_call(device)
+    buckets: dict[int, list] = {}
     count = chunks = 0
     for chunk in pipeline_chunks(annotator, posts_path, args):
         count, chunks = count + len(chunk), chunks + 1
         posts = [p for p in chunk if isinstance(p, Prepared)]
-        windows = loaded.featurizer.encode_ner([[t.text for t in p.tokens] for p in posts])
-        flat = []
-        for k, ws in enumerate(windows):
-            for w in ws:
-                w.post = k
-                flat.append(w)
-        for idx in inference.length_batches(flat, annotator.batch_size, annotator.max_tokens,
-                                            loaded.featurizer.max_length):
-            rows = [flat[i] for i in idx]
-            length = inference.batch_length(rows, loaded.featurizer.max_length)
-            batch = loaded.featurizer.collate(rows, "ner", length=length)
-            images = [posts[w.post].pixels for w in rows]
-            if loaded.image_info is not None and any(p is not None for p in images):
-                size = loaded.image_info.image_size
-                pixels = torch.zeros((len(rows), 3, size, size))
-                present = torch.zeros(len(rows), dtype=torch.bool)
-                for i, p in enumerate(images):
-                    if p is not None:
-                        pixels[i], present[i] = p, True
-                batch.update(pixel_values=pixels.to(dtype), image_present=present)
+        photos = [normalize_pixels(p.pixels, mean=loaded.image_info.mean, std=loaded.image_info.std)
+                  if p.pixels is not None and loaded.image_info is not None else None for p in posts]
+        visual = inference.encode_photos(loaded.model, photos)
+        for windows, image in zip(featurizer.encode_ner([[t.text for t in p.tokens] for p in posts]), visual):
+            for w in windows:
+                buckets.setdefault(inference.bucket_length(len(w.input_ids), featurizer.max_length), []).append(
+                    (w, image))
+    filler = inference.WindowRunner(loaded.model, featurizer, "ner").filler
+    batches: list[dict] = []
+    for length, members in sorted(buckets.items()):
+        for start in range(0, len(members), rows):
+            part = members[start: start + rows]
+            windows = [w for w, _ in part] + [filler] * (rows - len(part))
+            batch = featurizer.collate(windows, "ner", length=length, words=length)
+            batch.pop("labels", None)
+            if loaded.model.uses_images:
+                tokens = loaded.model.no_image_tokens.new_zeros((rows, *loaded.model.no_image_tokens.shape))
+                present = torch.zeros(rows, dtype=torch.bool)
+                for i, (_, image) in enumerate(part):
+                    if image is not None:
+                        tokens[i], present[i] = image, True
+                batch.update(image_tokens=tokens, image_present=present)
             batches.append({k: v.to(device) for k, v in batch.items()})
     return batches, count, chunks
 
@@ -151,8 +156,7 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
     from mmib_cli import annotate, inference
 
     def load() -> Any:
-        return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype,
-                                                  batch_size=args.batch_size)
+        return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype)
 
     if optimized:
         return load()
@@ -160,69 +164,42 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
         return load()
 
 
-def _legacy_length_batches(windows, batch_size: int, max_tokens: int, max_length: int | None = None) -> list:
-    """The batching before issue 14: sorted by length, cut by size and padded tokens, padded to the batch's longest."""
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
-    batches, current = [], []
-    for i in order:
-        length = len(windows[i].input_ids)
-        if current and (len(current) >= batch_size or length * (len(current) + 1) > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    return batches + [current] if current else batches
+def baseline_cost(kind: str, posts: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """This tree's pipeline against the one in `--baseline-src` (e.g. a checkout of the previous release), in
+    alternated adjacent subprocess runs on the same posts, checkpoint and settings; each subprocess loads its own
+    code and model, warms up with one run, then times `run_pipeline` once."""
+    import subprocess
 
-
-def _legacy_forward(model, featurizer, rows, task, pixel_values, image_present, device):
-    """The forward before issue 14: padded to the batch's longest window, a lone row run alone, its photos with it."""
-    from mmib_cli import inference
-
-    import torch
-
-    batch = inference._to(featurizer.collate(rows, task), device)
-    if pixel_values is not None and image_present is not None and bool(image_present.any()):
-        posts = torch.tensor([w.post for w in rows], dtype=torch.long)
-        batch.update(pixel_values=pixel_values[posts].to(device), image_present=image_present[posts].to(device))
-    return model(**batch).logits
-
-
-@contextmanager
-def legacy_batching() -> Iterator[None]:
-    """Run the block with the batch-dependent batching that preceded issue 14 (for `--invariance`)."""
-    from unittest import mock
-
-    from mmib_cli import inference
-
-    with mock.patch.object(inference, "length_batches", _legacy_length_batches), \
-            mock.patch.object(inference, "post_visual_tokens", lambda model, windows, pixels, present, device: pixels), \
-            mock.patch.object(inference, "_forward", _legacy_forward), \
-            mock.patch.object(inference, "make_batch_invariant", lambda model: None):
-        yield
-
-
-def invariance_cost(annotator: Any, ckpt: Path, posts: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Batch-invariant batching (current) against the batching before issue 14, alternated adjacent pipeline runs.
-
-    Both annotators are loaded by the same code; "legacy" patches `length_batches`, `_forward` and
-    `make_batch_invariant` back to the batch-dependent versions (sorted lengths, batch-longest padding, plain
-    linear layers, one backbone call for all photos of a batch).
-    """
-    with legacy_batching():
-        legacy = load_annotator(ckpt, args)
     runs = []
     for r in range(args.repeat):
         pair = {}
-        for which in (("legacy", "invariant") if r % 2 == 0 else ("invariant", "legacy")):
-            if which == "legacy":
-                with legacy_batching():
-                    pair[which] = time_pipeline(legacy, posts, work, args)
-            else:
-                pair[which] = time_pipeline(annotator, posts, work, args)
+        for which in (("baseline", "current") if r % 2 == 0 else ("current", "baseline")):
+            env = {**os.environ, "MMIB_BENCH_SRC": str(Path(args.baseline_src).resolve() if which == "baseline"
+                                                       else ROOT)}
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--time-pipeline", str(posts), "--model-kind",
+                   kind, "-b", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
+                   "--encoder-tuning", args.encoder_tuning]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{which} run failed: {done.stderr[-2000:]}")
+            pair[which] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
         runs.append(pair)
-    del legacy
     med = statistics.median
-    return {"legacy_s": med(r["legacy"] for r in runs), "invariant_s": med(r["invariant"] for r in runs),
-            "slowdown": med(r["invariant"] / r["legacy"] for r in runs), "runs": runs}
+    return {"baseline_s": med(r["baseline"] for r in runs), "current_s": med(r["current"] for r in runs),
+            "slowdown": med(r["current"] / r["baseline"] for r in runs), "runs": runs}
+
+
+def time_pipeline_once(posts: Path, args: argparse.Namespace) -> None:
+    """`--time-pipeline`: one warm-up and one timed `run_pipeline` of the code on `sys.path`; prints JSON."""
+    ckpt = build_checkpoint(CACHE / f"{args.model_kind}-ner-{args.encoder_tuning.replace(':', '')}",
+                            args.model_kind, encoder_tuning=args.encoder_tuning)
+    annotator = load_annotator(ckpt, args)
+    with tempfile.TemporaryDirectory(prefix="mmib-bench-") as tmp:
+        time_pipeline(annotator, posts, Path(tmp), args)
+        seconds = time_pipeline(annotator, posts, Path(tmp), args)
+    print(json.dumps({"seconds": seconds, "src": str(SRC)}))
 
 
 def before_after(annotator: Any, ckpt: Path, posts: Path, batches: list[dict], work: Path,
@@ -291,7 +268,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, work: Path) -> dict[str
     profile = Path(args.profile).with_suffix(f".{kind}.txt") if args.profile else None
     main_runs = paired(profile=profile)
     before = before_after(annotator, ckpt, posts, batches, work, args) if args.before else None
-    invariance = invariance_cost(annotator, ckpt, posts, work, args) if args.invariance else None
+    invariance = baseline_cost(kind, posts, args) if args.baseline_src else None
     sweep = []
     if args.sweep and kind == "default":
         for threads, workers in args.sweep:
@@ -335,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", action="store_true",
                         help="also time the earlier defaults (no optimize_for_inference, 4-batch chunks, 1 CPU "
                              "worker) against the current code, alternated in the same run")
-    parser.add_argument("--invariance", action="store_true",
-                        help="also time the pipeline with the batch-dependent batching that preceded issue 14 "
-                             "(legacy) against the current batch-invariant one, alternated in the same run")
+    parser.add_argument("--baseline-src", default=None, metavar="DIR",
+                        help="also time the pipeline of another source tree (e.g. `git worktree add ../base v0.x`) "
+                             "against this one, in alternated subprocess runs (same posts and checkpoint)")
+    parser.add_argument("--time-pipeline", default=None, help=argparse.SUPPRESS)  # internal: --baseline-src runs
+    parser.add_argument("--model-kind", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     import logging
@@ -347,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.time_pipeline:
+        time_pipeline_once(Path(args.time_pipeline), args)
+        return 0
     paper_n = args.posts // 4 if args.paper_posts is None else args.paper_posts
     results = []
     with tempfile.TemporaryDirectory(prefix="mmib-bench-") as tmp:
@@ -386,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['posts'] / r['before']['pipeline_after_s']:.1f}",
                       f"{r['before']['pipeline_speedup']:.2f}x") for r in results if r["before"]]))
     if any(r["invariance"] for r in results):
-        print("\n## batch-invariant batching vs the batch-dependent batching before it (same run, alternated)\n")
-        print(table(["model", "pipeline posts/s legacy", "invariant", "invariant/legacy time"],
-                    [(r["model"], f"{r['posts'] / r['invariance']['legacy_s']:.1f}",
-                      f"{r['posts'] / r['invariance']['invariant_s']:.1f}", f"{r['invariance']['slowdown']:.3f}")
+        print(f"\n## this tree vs --baseline-src {args.baseline_src} (same run, alternated subprocesses; medians)\n")
+        print(table(["model", "pipeline posts/s baseline", "this tree", "this/baseline time", "pairs (s)"],
+                    [(r["model"], f"{r['posts'] / r['invariance']['baseline_s']:.1f}",
+                      f"{r['posts'] / r['invariance']['current_s']:.1f}", f"{r['invariance']['slowdown']:.3f}",
+                      ", ".join(f"{p['baseline']:.1f}/{p['current']:.1f}" for p in r["invariance"]["runs"]))
                      for r in results if r["invariance"]]))
     if results[0]["sweep"]:
         bound_threads = results[0]["threads"]

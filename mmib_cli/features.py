@@ -278,7 +278,7 @@ class Featurizer:
         else:
             out["head_index"] = torch.tensor([w.head_index for w in windows], dtype=torch.long)
             out["tail_index"] = torch.tensor([w.tail_index for w in windows], dtype=torch.long)
-            if windows[0].labels is not None:
+            if all(w.labels is not None for w in windows):
                 out["labels"] = torch.tensor([w.labels[0] for w in windows], dtype=torch.long)
                 if any(w.weight != 1.0 for w in windows):
                     out["label_weights"] = torch.tensor([w.weight for w in windows], dtype=torch.float)

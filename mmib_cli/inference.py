@@ -292,7 +292,7 @@ def predict_ner(loaded, windows_per_post: Sequence[Sequence[Window]], *,
     for k, windows in enumerate(windows_per_post):
         for j, window in enumerate(windows):
             runner.add(window, _setter(rows[k], j), image=visual[k])
-    runner.flush()
+    _flush(runner)
     merged = [merge_window_emissions(ws, r) for ws, r in zip(windows_per_post, rows)]
     return decode_posts(model, merged)
 
@@ -306,8 +306,16 @@ def predict_re(loaded, windows: Sequence[Window], *,
     runner = WindowRunner(model, loaded.featurizer, "re")
     for i, window in enumerate(windows):
         runner.add(window, _setter(probs, i), image=visual[i])
-    runner.flush()
+    _flush(runner)
     return probs
+
+
+def _flush(runner: WindowRunner) -> None:
+    """Run every queued window; a failed call raises its own exception (no per-post recovery here)."""
+    try:
+        runner.flush()
+    except CallFailed as failure:
+        raise failure.cause from None
 
 
 def _setter(target, index: int) -> Callable[[torch.Tensor], None]:
