@@ -281,7 +281,7 @@ def test_a_full_disk_cuts_the_partial_back_and_resume_continues(posts, reference
 
     def filling_up(fd, data):
         calls.append(data.count(b"\n"))
-        if len(calls) == 3:  # the third flush gets half its bytes on disk, then the disk is full
+        if len(calls) == 1:  # the first flush gets half its bytes on disk, then the disk is full
             os.write(fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
@@ -291,7 +291,7 @@ def test_a_full_disk_cuts_the_partial_back_and_resume_continues(posts, reference
     with pytest.raises(OutputWriteError, match="No space left on device") as info:
         run_pipeline(_opts(posts, out, tiny_text_only_ner))
     assert info.value.exit_code == 1 and "out.jsonl.partial" in str(info.value)
-    assert _complete_prefix(partial_path(out).read_bytes(), reference) == calls[0] + calls[1]  # two flushes
+    assert _complete_prefix(partial_path(out).read_bytes(), reference) == sum(calls[:-1])  # the torn write is cut
     monkeypatch.undo()
     run_pipeline(_opts(posts, out, tiny_text_only_ner, resume=True))
     assert out.read_bytes() == reference
