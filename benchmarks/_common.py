@@ -141,7 +141,7 @@ def build_checkpoint(directory: Path, kind: str = "default", *, task: str = "ner
     (bert-base-size + ResNet-50, random weights) configuration; reused when `directory` already holds one."""
     import torch
 
-    from mmib_cli.checkpoint.model_io import build_model, save_model
+    from mmib_cli.checkpoint.assemble import build_model, save_model
     from mmib_cli.model import MMIBConfig
 
     if (directory / "config.json").is_file():

@@ -85,7 +85,7 @@ def gpu_memory(model_dir: Path, args: argparse.Namespace) -> list[tuple] | str:
 
     if not torch.cuda.is_available():
         return "skipped: CUDA is not available on this machine"
-    from mmib_cli.annotate import Annotator
+    from mmib_cli.annotation.annotator import Annotator
     from mmib_cli.features import Window
 
     device = args.device if args.device.startswith("cuda") else "cuda"

@@ -42,7 +42,7 @@ def _sync(device: Any) -> None:
 
 def pipeline_chunks(annotator: Any, posts_path: Path, args: argparse.Namespace) -> Iterator[list]:
     """The prepared chunks the pipeline cuts from `posts_path` (its own chunking code, in this process)."""
-    from mmib_cli import pipeline
+    from mmib_cli.engines import local as pipeline
     from mmib_cli.runs import RunOptions
 
     opts = RunOptions(task="annotate", input_path=str(posts_path), output="-", batch_size=args.batch_size,
@@ -57,8 +57,8 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
     bucket (as windows carried across chunks fill them); also posts and chunks."""
     import torch
 
-    from mmib_cli import inference
-    from mmib_cli.annotate import Prepared
+    from mmib_cli.annotation import forward as inference
+    from mmib_cli.annotation.annotator import Prepared
     from mmib_cli.io.images import normalize_pixels
 
     loaded = annotator.ner
@@ -121,8 +121,12 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
     """Seconds of `run_pipeline` (the `mmib annotate` code path) with the model already loaded."""
     import torch
 
-    from mmib_cli.pipeline import run_pipeline
     from mmib_cli.runs import RunOptions
+
+    try:
+        from mmib_cli.engines.local import run_pipeline
+    except ImportError:  # a --baseline-src tree from before mmib_cli/engines/
+        from mmib_cli.pipeline import run_pipeline
 
     opts = RunOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
                            model="preloaded", batch_size=args.batch_size, device=args.device,
@@ -153,14 +157,16 @@ def load_annotator(ckpt: Path, args: argparse.Namespace, *, optimized: bool = Tr
     """The annotator `mmib annotate` would load; `optimized=False` skips `optimize_for_inference` (the "before")."""
     from unittest import mock
 
-    from mmib_cli import annotate, inference
+    from mmib_cli import Annotator
 
     def load() -> Any:
-        return annotate.Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype)
+        return Annotator.from_pretrained(str(ckpt), device=args.device, dtype=args.dtype)
 
     if optimized:
         return load()
-    with mock.patch.object(inference, "optimize_for_inference", lambda loaded: None):  # imported when loading
+    from mmib_cli.checkpoint import optimize
+
+    with mock.patch.object(optimize, "optimize_for_inference", lambda loaded: None):  # imported when loading
         return load()
 
 

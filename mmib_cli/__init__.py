@@ -8,7 +8,7 @@ __all__ = ["Annotator", "MMIBConfig", "MMIBModel", "__version__"]
 
 def __getattr__(name: str):  # lazy: keep `import mmib_cli` and `mmib --help` free of torch
     if name == "Annotator":
-        from mmib_cli.annotate import Annotator
+        from mmib_cli.annotation.annotator import Annotator
 
         return Annotator
     if name in ("MMIBConfig", "MMIBModel"):

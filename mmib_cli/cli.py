@@ -66,7 +66,7 @@ def info(as_json: bool) -> None:
 
     Example: mmib info --json
     """
-    from mmib_cli.info import collect_info, render_info
+    from mmib_cli.workflows.info import collect_info, render_info
 
     facts = _run(collect_info)
     click.echo(json.dumps(facts, indent=2) if as_json else render_info(facts))
@@ -78,7 +78,7 @@ def models() -> None:
 
     Example: mmib models
     """
-    from mmib_cli.info import list_models, render_models
+    from mmib_cli.workflows.info import list_models, render_models
 
     click.echo(render_models(_run(list_models)))
 
@@ -96,7 +96,7 @@ def download(obj: dict, model: str, revision: str | None, cache_dir: str | None,
 
     Example: mmib --online download org/mmib-twitter@v1.0
     """
-    from mmib_cli.checkpoint.resolve import fetch_model
+    from mmib_cli.storage.resolve import fetch_model
 
     resolved = _run(fetch_model, model, revision=revision, cache_dir=cache_dir, token=token, force=force,
                     online=obj.get("online"))
@@ -138,8 +138,9 @@ def relations(obj: dict, input_path: str, **options: Any) -> None:
 
 
 def _annotate_command(obj: dict, input_path: str, *, task: str, options: dict[str, Any]) -> None:
-    from mmib_cli.distributed import RayOptions
-    from mmib_cli.runs import RunOptions, execute
+    from mmib_cli.engines.ray import RayOptions
+    from mmib_cli.engines import execute
+    from mmib_cli.runs import RunOptions
 
     ray_options = _run(RayOptions.from_cli, options)  # pops --address/...; None unless --engine ray
     opts = _run(RunOptions.from_cli, task=task, input_path=input_path, online=obj.get("online"), **options)
@@ -213,8 +214,8 @@ def train(obj: dict, task: str, holdout: float, use_predictions: bool, **options
     Example: mmib train ner --train t17/train.txt --valid t17/valid.txt -o ckpt/t17;
     mmib train ner --init mmib-default --train export.json --valid t17/valid.txt -o ckpt/corrected
     """
-    from mmib_cli.finetune import finetune, wants_finetune
-    from mmib_cli.train import TrainOptions, train as run_training
+    from mmib_cli.workflows.finetune import finetune, wants_finetune
+    from mmib_cli.workflows.train import TrainOptions, train as run_training
 
     opts = _run(TrainOptions.from_cli, task=task, **options)
     if wants_finetune(opts.train_files):
@@ -244,7 +245,7 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
 
     Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
     """
-    from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
+    from mmib_cli.workflows.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
     _run(check_metrics_output, output_json, force=force)
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, device=device, dtype=dtype,
@@ -268,7 +269,7 @@ def calibrate(model: str, data_files: tuple[str, ...], target: float, reverse_pa
 
     Example: mmib calibrate -m ckpt/re --data mnre/valid.txt --precision 80
     """
-    from mmib_cli.calibration import calibrate_checkpoint
+    from mmib_cli.workflows.calibration import calibrate_checkpoint
 
     result = _run(calibrate_checkpoint, model, data_files, precision=target, reverse_pairs=reverse_pairs)
     click.echo(json.dumps(result, indent=2))
@@ -292,7 +293,7 @@ def report(input_path: str, **options: Any) -> None:
 
     Example: mmib report out.jsonl -o report.html --image-root samples
     """
-    from mmib_cli.report import ReportOptions, build_report
+    from mmib_cli.workflows.report import ReportOptions, build_report
 
     result = _run(build_report, ReportOptions(input=input_path, **options))
     click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
@@ -324,7 +325,7 @@ def export(obj: dict, input_path: str | None, format_: str, output: str | None, 
 
     Example: mmib export out.jsonl --format label-studio -o tasks.json; mmib export --label-config > config.xml
     """
-    from mmib_cli import export as exporting
+    from mmib_cli.workflows import export as exporting
 
     if label_config:
         relations = _run(exporting.model_relation_labels, model, online=obj.get("online"))

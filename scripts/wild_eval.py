@@ -23,10 +23,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from mmib_cli.checkpoint.model_io import load_model
+from mmib_cli.checkpoint.assemble import load_model
 from mmib_cli.data.conll import ConllSentence, entity_spans, read_conll
-from mmib_cli.metrics import ner_scores
-from mmib_cli.postprocess import default_min_score, relation_signature, relations_from_scores
+from mmib_cli.workflows.metrics import ner_scores
+from mmib_cli.annotation.postprocess import default_min_score, relation_signature, relations_from_scores
 
 
 def _join_hashtags(sentence: ConllSentence) -> ConllSentence:
@@ -79,7 +79,7 @@ def _hashtag_recall(sentences: Sequence[ConllSentence], predicted: Sequence[Sequ
 
 
 def evaluate_ner(model: str, data: str, hashtags: str = "given", lowercase: bool = False) -> dict:
-    from mmib_cli.inference import predict_ner
+    from mmib_cli.annotation.forward import predict_ner
 
     loaded = load_model(model)
     sentences = [HASHTAG_FORMS[hashtags](s) for s in read_conll(data)]
@@ -98,7 +98,7 @@ def evaluate_ner(model: str, data: str, hashtags: str = "given", lowercase: bool
 
 
 def evaluate_hashtags(model: str, data: str) -> dict:
-    from mmib_cli.inference import predict_ner
+    from mmib_cli.annotation.forward import predict_ner
 
     loaded = load_model(model)
     posts = [s for s in read_conll(data) if any(w.startswith("#") for w in s.words)]
@@ -124,7 +124,7 @@ def _pair_entities(instance) -> list[dict]:
 
 def evaluate_reversed(model: str, data: str) -> dict:
     from mmib_cli.data.mnre import read_mnre, reversed_pairs
-    from mmib_cli.inference import predict_re
+    from mmib_cli.annotation.forward import predict_re
 
     loaded = load_model(model)
     config = loaded.model.config

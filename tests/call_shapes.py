@@ -65,7 +65,7 @@ def recorded_calls(annotator: Any) -> Iterator[list[Call]]:
 
 def shape_violations(calls: list[Call], annotator: Any) -> list[str]:
     """Every call whose shape is not a function of each row it computes (empty when the design holds)."""
-    from mmib_cli.inference import CRF_ROWS, IMAGE_BATCH, bucket_length, rows_per_call, word_bucket
+    from mmib_cli.annotation.forward import CRF_ROWS, IMAGE_BATCH, bucket_length, rows_per_call, word_bucket
 
     rows = rows_per_call(annotator.device)
     problems = []

@@ -162,7 +162,7 @@ def build_tiny_checkpoint(directory: Path, task: str, text_dir: Path, *, with_im
     """Save a tiny random MMIB checkpoint (tiny BERT from `text_dir` + tiny CNN) for `task` in `directory`."""
     import torch
 
-    from mmib_cli.checkpoint.model_io import build_model, save_model
+    from mmib_cli.checkpoint.assemble import build_model, save_model
     from mmib_cli.model import MMIBConfig
 
     torch.manual_seed(seed)
@@ -178,7 +178,7 @@ def build_tiny_checkpoint(directory: Path, task: str, text_dir: Path, *, with_im
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_bert_dir, tmp_path_factory) -> Path:
     """A bundle directory (ner/ + re/ + bundle.json) of tiny random checkpoints trained 'with images'."""
-    from mmib_cli.checkpoint.serialization import write_bundle
+    from mmib_cli.storage.format import write_bundle
 
     root = tmp_path_factory.mktemp("tiny-bundle")
     parts = {task: build_tiny_checkpoint(root / "parts" / task, task, tiny_bert_dir) for task in ("ner", "re")}

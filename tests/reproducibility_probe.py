@@ -33,7 +33,7 @@ def posts(seed: int, max_length: int, size: str) -> list[list[str]]:
 
 
 def ner_rows(loaded, word_lists) -> list[bytes]:
-    from mmib_cli.inference import predict_ner
+    from mmib_cli.annotation.forward import predict_ner
 
     windows = loaded.featurizer.encode_ner(word_lists)
     rows = predict_ner(loaded, windows)
@@ -42,7 +42,7 @@ def ner_rows(loaded, word_lists) -> list[bytes]:
 
 def emission_rows(loaded, word_lists) -> list[bytes]:
     """Raw emissions of every window of every post (the floats before the CRF)."""
-    from mmib_cli.inference import WindowRunner
+    from mmib_cli.annotation.forward import WindowRunner
 
     runner = WindowRunner(loaded.model, loaded.featurizer, "ner")
     encoded = loaded.featurizer.encode_ner(word_lists)
@@ -55,7 +55,7 @@ def emission_rows(loaded, word_lists) -> list[bytes]:
 
 
 def relation_rows(loaded, word_lists) -> list[bytes]:
-    from mmib_cli.inference import predict_re
+    from mmib_cli.annotation.forward import predict_re
 
     items, owners = [], []
     for k, words in enumerate(word_lists):
@@ -96,7 +96,7 @@ def check(annotator, seed: int, size: str) -> tuple[str, int]:
 
 def main() -> None:
     model, seed, size, *threads = sys.argv[1:]
-    from mmib_cli.annotate import Annotator
+    from mmib_cli.annotation.annotator import Annotator
 
     annotator = Annotator.from_pretrained(model, device="cpu")
     result: dict = {"threads": {}, "capability": torch.backends.cpu.get_cpu_capability(), "checked": 0}

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import build_tiny_checkpoint
 from mmib_cli.checkpoint.averaging import average_checkpoints
-from mmib_cli.checkpoint.serialization import load_state
+from mmib_cli.storage.format import load_state
 from mmib_cli.errors import InvalidCheckpoint
 
 
@@ -19,7 +19,7 @@ def two_runs(tiny_bert_dir, tmp_path_factory):
 
 
 def test_every_tensor_is_the_mean_and_the_result_loads(two_runs, tmp_path):
-    from mmib_cli.checkpoint.model_io import load_model
+    from mmib_cli.checkpoint.assemble import load_model
 
     out = average_checkpoints(two_runs, tmp_path / "avg", dtype=None)
     (config_a, a), (_, b), (config, mean) = load_state(two_runs[0]), load_state(two_runs[1]), load_state(out)

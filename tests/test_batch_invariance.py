@@ -48,7 +48,7 @@ def _posts(images: dict[str, Path], n: int, seed: int, long_words: tuple[int, in
 
 @pytest.fixture(scope="module")
 def bundle_annotator(tiny_bundle):
-    from mmib_cli.annotate import Annotator
+    from mmib_cli.annotation.annotator import Annotator
 
     return Annotator.from_pretrained(str(tiny_bundle), device="cpu")
 
@@ -64,7 +64,7 @@ def relation_posts(sample_images) -> list[dict]:
 
 
 def _prepared(annotator, posts):
-    from mmib_cli.annotate import prepare
+    from mmib_cli.annotation.annotator import prepare
 
     settings = annotator.prepare_settings()
     return [prepare(i + 1, post, settings) for i, post in enumerate(posts)]
@@ -81,7 +81,7 @@ def _photos(loaded, prepared):
 def _ner_raw(annotator, prepared) -> list[bytes]:
     """Every emission bit of every window of each post (in window order), predicted with these posts as mates."""
     from call_shapes import raw_bytes
-    from mmib_cli.inference import WindowRunner, encode_photos
+    from mmib_cli.annotation.forward import WindowRunner, encode_photos
 
     loaded = annotator.ner
     runner = WindowRunner(loaded.model, loaded.featurizer, "ner")
@@ -97,7 +97,7 @@ def _ner_raw(annotator, prepared) -> list[bytes]:
 
 def _re_raw(annotator, prepared) -> list[list[bytes]]:
     """Relation probabilities (raw float bytes) of a fixed set of pairs per post."""
-    from mmib_cli.inference import predict_re
+    from mmib_cli.annotation.forward import predict_re
 
     loaded = annotator.re
     items, owners = [], []
@@ -132,7 +132,7 @@ def test_model_outputs_are_bit_identical_whatever_the_call_mates(task, bundle_an
 
 def test_photo_tokens_do_not_depend_on_the_other_photos(bundle_annotator, mixed_posts):
     from call_shapes import raw_bytes
-    from mmib_cli.inference import IMAGE_BATCH, encode_photos
+    from mmib_cli.annotation.forward import IMAGE_BATCH, encode_photos
 
     loaded = bundle_annotator.ner
     photos = [p for p in _photos(loaded, _prepared(bundle_annotator, mixed_posts)) if p is not None]
@@ -194,7 +194,7 @@ def _record_bytes(record: dict) -> str:
 @pytest.mark.parametrize("mode", ["annotate+relations", "relations-given-pairs", "relations-pair"])
 def test_records_are_byte_identical_whatever_the_batching(mode, bundle_annotator, relation_posts):
     """Library API: each record alone == the same post's record in random orders and chunks."""
-    from mmib_cli.annotate import RelationSettings
+    from mmib_cli.annotation.annotator import RelationSettings
 
     posts = copy.deepcopy(relation_posts)
     assert any(len(p["text"].split()) > 32 for p in posts) and any("image" in p for p in posts)
@@ -292,7 +292,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_output(cli
 def test_ray_gives_the_local_lines(cli_input, cli_reference, tiny_bundle, tmp_path):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from mmib_cli.distributed import RayOptions, run_ray
+    from mmib_cli.engines.ray import RayOptions, run_ray
     from mmib_cli.runs import RunOptions
 
     if not ray.is_initialized():

@@ -9,7 +9,7 @@ import torch
 from cli_helpers import invoke, one_torch_thread
 from test_train import RE_ARGS, re_examples, train_cli, write_mnre
 
-from mmib_cli.calibration import fit_temperature, scaled_probabilities, threshold_for_precision
+from mmib_cli.workflows.calibration import fit_temperature, scaled_probabilities, threshold_for_precision
 
 
 def _overconfident(n: int, sharpen: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def test_tied_scores_are_kept_or_dropped_together():
 
 
 def test_calibrate_command_writes_the_config(tiny_bert_dir, tmp_path):
-    from mmib_cli.checkpoint.serialization import write_bundle
+    from mmib_cli.storage.format import write_bundle
 
     data = write_mnre(tmp_path / "re.txt", re_examples())
     args = [a if a != "10" else "2" for a in RE_ARGS]  # two epochs: a model, not a good one

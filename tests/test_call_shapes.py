@@ -12,7 +12,7 @@ import pytest
 
 from call_shapes import recorded_calls, shape_violations, windows_ran
 from cli_helpers import VOCAB, write_jsonl
-from mmib_cli.inference import (CRF_ROWS, IMAGE_BATCH, LENGTH_BUCKETS, WORD_BUCKETS, WindowRunner, bucket_length,
+from mmib_cli.annotation.forward import (CRF_ROWS, IMAGE_BATCH, LENGTH_BUCKETS, WORD_BUCKETS, WindowRunner, bucket_length,
                                 word_bucket)
 
 SEED = 24
@@ -57,13 +57,13 @@ def _mix(images: dict, n: int, rng: random.Random) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def annotator(tiny_bundle):
-    from mmib_cli.annotate import Annotator
+    from mmib_cli.annotation.annotator import Annotator
 
     return Annotator.from_pretrained(str(tiny_bundle), device="cpu")
 
 
 def _run(annotator, posts, tmp_path, **options):
-    from mmib_cli.pipeline import run_pipeline
+    from mmib_cli.engines.local import run_pipeline
     from mmib_cli.runs import RunOptions
 
     src = write_jsonl(tmp_path / "in.jsonl", posts)

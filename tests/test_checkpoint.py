@@ -15,7 +15,7 @@ import torch
 
 from fakehub import FakeHub, fake_hub  # noqa: F401  (fixture)
 from mmib_cli import offline
-from mmib_cli.checkpoint import (
+from mmib_cli.storage import (
     ResolvedModel,
     checkpoint_files,
     download_checkpoint,
@@ -30,7 +30,7 @@ from mmib_cli.checkpoint import (
     verify_files,
     write_bundle,
 )
-from mmib_cli.checkpoint.registry import REQUIRED_KEYS, SOURCE_KEYS, SOURCES, models_dir, parse_entry
+from mmib_cli.storage.registry import REQUIRED_KEYS, SOURCE_KEYS, SOURCES, models_dir, parse_entry
 from mmib_cli.errors import (
     CheckpointNotFound,
     ChecksumMismatch,
@@ -539,7 +539,7 @@ def test_split_revision() -> None:
 def test_registry_num_params_matches_the_real_model(name):
     """Like torchvision's extended model tests: the registry's `num_params` is the parameter count of the model its
     files build (every task part of a bundle, base encoders included)."""
-    from mmib_cli.checkpoint.model_io import load_model
+    from mmib_cli.checkpoint.assemble import load_model
 
     spec = load_registry()[name]
     directory = spec.checkpoint_dir()

@@ -50,7 +50,7 @@ def test_click_defaults_are_the_declared_constants(command, name, default):
 
 
 def test_library_typos_raise_instead_of_falling_back():
-    from mmib_cli.annotate import PrepareSettings
+    from mmib_cli.annotation.annotator import PrepareSettings
     from mmib_cli.device import resolve_dtype
     from mmib_cli.runs import RunOptions as PipelineOptions
 

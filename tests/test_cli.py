@@ -75,7 +75,7 @@ def test_python_dash_m_help_works_without_importing_torch():
 def test_info_json_reports_truthfully(monkeypatch):
     import torch
 
-    from mmib_cli.checkpoint.registry import models_dir
+    from mmib_cli.storage.registry import models_dir
 
     result = invoke("info", "--json", env={"MMIB_OFFLINE": None, "HF_HUB_OFFLINE": None})
     assert result.exit_code == 0, result.output
@@ -109,7 +109,7 @@ def test_models_lists_the_default():
 
 
 def _default_checkpoint_present() -> bool:
-    from mmib_cli.checkpoint.registry import models_dir
+    from mmib_cli.storage.registry import models_dir
 
     directory = models_dir() / "mmib-default"
     return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))

@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import invoke, one_torch_thread
 
 from mmib_cli.errors import ExitCode, OutputExists
-from mmib_cli.pipeline import run_pipeline
+from mmib_cli.engines.local import run_pipeline
 from mmib_cli.runs import RunOptions, RunSummary
 
 
@@ -63,7 +63,7 @@ def test_engine_ray_without_ray_installed(posts_file, tmp_path, monkeypatch):
 
 
 def test_cli_passes_ray_options(posts_file, tmp_path, monkeypatch):
-    import mmib_cli.distributed as distributed
+    import mmib_cli.engines.ray as distributed
 
     seen = {}
 
@@ -85,7 +85,7 @@ def test_annotator_stage_without_ray(posts_file, tiny_bundle, tmp_path):
     """The actor's code path (reader rows → RayAnnotator → writer counts) gives the local records, no Ray needed."""
     import numpy as np
 
-    from mmib_cli.distributed import RayAnnotator, encode_line
+    from mmib_cli.engines.ray import RayAnnotator, encode_line
     from mmib_cli.io.jsonl import read_lines
 
     local_out = tmp_path / "local.jsonl"
@@ -122,7 +122,7 @@ def ray_session():
 
 @pytest.mark.slow
 def test_ray_gives_the_local_records_and_summary(ray_session, tiny_bundle, posts_file, tmp_path):
-    from mmib_cli.distributed import RayOptions, run_ray
+    from mmib_cli.engines.ray import RayOptions, run_ray
 
     common = dict(task="annotate", input_path=str(posts_file), model=str(tiny_bundle), relations=True,
                   progress=False, online=False)

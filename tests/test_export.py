@@ -9,7 +9,7 @@ import pytest
 
 from cli_helpers import invoke, write_jsonl
 from mmib_cli.data.conll import read_conll
-from mmib_cli.export import ImageRefs, label_config, label_studio_task
+from mmib_cli.workflows.export import ImageRefs, label_config, label_studio_task
 from mmib_cli.text import tokenize
 
 TEXT = "Kawhi Leonard 🚀 joins the Clippers in Los Angeles"
@@ -169,7 +169,7 @@ def test_label_config_matches_the_tasks_and_the_model(tiny_bundle):
     assert labels.get("name") == "label" and labels.get("toName") == "text"
     assert root.find("Text").get("name") == "text" and root.find("Text").get("value") == "$text"
     assert root.find("Image").get("value") == "$image"
-    from mmib_cli.checkpoint.serialization import read_config
+    from mmib_cli.storage.format import read_config
 
     model_relations = [r for r in read_config(tiny_bundle / "re")["labels"] if r != "None"]
     assert [r.get("value") for r in root.find("Relations")] == model_relations

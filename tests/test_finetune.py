@@ -90,7 +90,7 @@ def test_plain_training_still_needs_valid(conll_file, tmp_path):
 
 
 def test_init_takes_the_task_part_and_refuses_the_other_task(tiny_bundle, tiny_text_only_ner):
-    from mmib_cli.train import load_init_model
+    from mmib_cli.workflows.train import load_init_model
 
     assert load_init_model(str(tiny_bundle), "re").model.config.task == "re"
     with pytest.raises(ValueError, match="is a ner checkpoint"):

@@ -16,7 +16,7 @@ import pytest
 from cli_helpers import invoke
 from conftest import build_tiny_checkpoint
 from fakehub import FakeHub, fake_hub  # noqa: F401  (fixture)
-from mmib_cli.checkpoint.serialization import checkpoint_files, write_bundle
+from mmib_cli.storage.format import checkpoint_files, write_bundle
 
 REPO = "org/tiny"
 
@@ -115,7 +115,7 @@ def test_annotate_downloads_on_first_use(hub: FakeHub, posts: Path, tmp_path: Pa
 
 
 def test_offline_empty_cache_fails_fast(hub: FakeHub, posts: Path, tmp_path: Path) -> None:
-    from mmib_cli.checkpoint.resolve import resolve_model
+    from mmib_cli.storage.resolve import resolve_model
     from mmib_cli.errors import OfflineUnavailable
 
     hub.clear_requests()

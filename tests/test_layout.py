@@ -27,9 +27,9 @@ def test_no_module_imports_the_version_through_the_package_root():
     assert offenders == []
 
 
-@pytest.mark.parametrize("module", ["mmib_cli.evaluate", "mmib_cli.train", "mmib_cli.checkpoint.loading"])
+@pytest.mark.parametrize("module", ["mmib_cli.workflows.evaluate", "mmib_cli.workflows.train", "mmib_cli.checkpoint.bundle"])
 def test_evaluation_training_and_loading_do_not_import_the_annotator(module):
-    code = f"import sys, {module}; assert 'mmib_cli.annotate' not in sys.modules, 'annotate imported'"
+    code = f"import sys, {module}; assert 'mmib_cli.annotation.annotator' not in sys.modules, 'annotate imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -42,7 +42,7 @@ def test_library_api_error_records_and_single_post(annotator):
 def test_library_relations_default_to_the_given_pairs(annotator):
     post = {"text": "Obama met Biden", "tokens": ["Obama", "met", "Biden"], "h": {"pos": [0, 1]},
             "t": {"pos": [2, 3]}}
-    from mmib_cli.annotate import RelationSettings
+    from mmib_cli.annotation.annotator import RelationSettings
 
     [rec] = list(annotator.relations([post], relation_settings=RelationSettings(pair=False, keep_none=True)))
     assert [(r["head"]["text"], r["tail"]["text"]) for r in rec["relations"]] == [("Obama", "Biden")]
@@ -52,7 +52,7 @@ def test_library_relations_default_to_the_given_pairs(annotator):
 
 def test_one_failing_post_does_not_lose_its_chunk(annotator, monkeypatch):
     """A model-stage exception caused by one post becomes that post's error record; the others are annotated."""
-    from mmib_cli import inference
+    from mmib_cli.annotation import forward as inference
 
     real = inference.WindowRunner._call
 

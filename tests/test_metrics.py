@@ -1,4 +1,4 @@
-"""Tests of mmib_cli.metrics on hand-computed examples (and against seqeval itself)."""
+"""Tests of mmib_cli.workflows.metrics on hand-computed examples (and against seqeval itself)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmib_cli.metrics import ner_scores, re_scores
+from mmib_cli.workflows.metrics import ner_scores, re_scores
 
 # ------------------------------------------------------------------------------------------------ NER
 
@@ -100,7 +100,7 @@ def test_missing_seqeval_gives_install_hint(monkeypatch):
 
 
 def test_metrics_module_imports_neither_torch_nor_seqeval():
-    code = "import sys, mmib_cli.metrics; assert 'torch' not in sys.modules; assert 'seqeval' not in sys.modules"
+    code = "import sys, mmib_cli.workflows.metrics; assert 'torch' not in sys.modules; assert 'seqeval' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

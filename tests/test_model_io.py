@@ -1,4 +1,4 @@
-"""Checkpoint save/load of whole MMIB models (mmib_cli.checkpoint.model_io) on the tiny BERT + tiny CNN fixtures.
+"""Checkpoint save/load of whole MMIB models (mmib_cli.checkpoint.assemble) on the tiny BERT + tiny CNN fixtures.
 
 Checks the round trip is exact, that only what differs from the base encoders is stored (per encoder_tuning mode),
 that fp16 checkpoints still predict the same, and that incomplete or pickle-only checkpoints are refused.
@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import build_tiny_checkpoint
-from mmib_cli.checkpoint.model_io import build_model, load_model, save_model, stored_state_dict
-from mmib_cli.encoders import ImageBackboneInfo
+from mmib_cli.checkpoint.assemble import build_model, load_model, save_model, stored_state_dict
+from mmib_cli.checkpoint.encoders import ImageBackboneInfo
 from mmib_cli.errors import InvalidCheckpoint
 from mmib_cli.io.images import load_image
 
@@ -287,8 +287,8 @@ def test_directory_without_weights_is_invalid(tmp_path):
 
 
 def test_load_bundle_gives_typed_task_models(tiny_bundle, tiny_text_only_ner):
-    from mmib_cli.checkpoint.loading import LoadedBundle, load_bundle
-    from mmib_cli.checkpoint.model_io import LoadedModel
+    from mmib_cli.checkpoint.bundle import LoadedBundle, load_bundle
+    from mmib_cli.checkpoint.assemble import LoadedModel
     from mmib_cli.errors import InvalidCheckpoint
 
     both = load_bundle(str(tiny_bundle), device="cpu")
@@ -337,7 +337,7 @@ def checkpoint_copy(tiny_text_only_ner, tmp_path):
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_invalid_config_values_are_an_invalid_checkpoint_before_building(case, checkpoint_copy, monkeypatch):
-    import mmib_cli.checkpoint.model_io as model_io
+    import mmib_cli.checkpoint.assemble as model_io
 
     config = json.loads((checkpoint_copy / "config.json").read_text())
     BAD_CONFIGS[case](config)

@@ -93,9 +93,9 @@ def test_the_picture_decides_the_entity_type(synthetic, tiny_bert_dir, tmp_path)
     blind = evaluate(tmp_path / "mm", synthetic["valid"], None, tmp_path / "without.json")
     assert blind["images_used"] == 0 and blind["f1"] < scored["f1"], (blind, scored)
     # scoring holds a few posts' images at a time: the chunking changes nothing
-    from mmib_cli.checkpoint.model_io import load_model
+    from mmib_cli.checkpoint.assemble import load_model
     from mmib_cli.data.datasets import read_examples
-    from mmib_cli.evaluate import score_examples
+    from mmib_cli.workflows.evaluate import score_examples
 
     loaded = load_model(tmp_path / "mm")
     examples = read_examples("ner", [synthetic["valid"]], loaded.featurizer, loaded.model.config.labels,
@@ -137,7 +137,7 @@ def test_alignment_loss_falls_on_matched_pairs(synthetic, tiny_bert_dir):
     Full-batch steps on a few pairs: with the small mini-batches of `mmib train` the (noisy, sampled) alignment
     loss of these tiny random encoders does not move measurably within a test's budget.
     """
-    from mmib_cli.checkpoint.model_io import build_model
+    from mmib_cli.checkpoint.assemble import build_model
     from mmib_cli.model import MMIBConfig
 
     torch.manual_seed(0)

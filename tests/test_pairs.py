@@ -67,7 +67,7 @@ def test_read_examples_appends_the_reversed_pairs(tmp_path, tiny_bert_dir):
 
 def test_reverse_pairs_weight_needs_reverse_pairs():
     from mmib_cli.errors import UsageError
-    from mmib_cli.train import TrainOptions
+    from mmib_cli.workflows.train import TrainOptions
 
     with pytest.raises(UsageError, match="--reverse-pairs-weight"):
         TrainOptions(task="re", train_files=["t"], valid_files=["v"], output="o", reverse_pairs_weight=0.5)

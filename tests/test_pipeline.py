@@ -343,7 +343,7 @@ def test_output_is_byte_identical_and_ordered_with_any_workers(workers, order_in
 
 
 def test_chunk_size_does_not_change_the_output(order_input, reference_output, tiny_text_only_ner, tmp_path):
-    from mmib_cli.pipeline import run_pipeline
+    from mmib_cli.engines.local import run_pipeline
     from mmib_cli.runs import RunOptions
 
     out = tmp_path / "out.jsonl"
@@ -355,7 +355,7 @@ def test_chunk_size_does_not_change_the_output(order_input, reference_output, ti
 
 
 def _chunk_sizes(path: Path, **kwargs) -> list[int]:
-    from mmib_cli.pipeline import _ChunkSource
+    from mmib_cli.engines.local import _ChunkSource
     from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions
 
     settings = PrepareSettings(base_dir=path.parent, image_size=kwargs.pop("image_size", None))
@@ -566,7 +566,7 @@ def test_relative_images_resolve_against_the_input_folder(tiny_bundle, images, t
 def test_an_annotation_that_is_not_strict_json_becomes_an_error_record(tiny_text_only_ner, tmp_path, monkeypatch,
                                                                        check):
     """A NaN produced after reading (a broken model's score) never aborts the run nor reaches the output."""
-    import mmib_cli.flow as flow
+    import mmib_cli.annotation.flow as flow
 
     make_output = flow.make_output
 

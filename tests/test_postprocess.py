@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmib_cli.model.configuration import NER_LABELS, RE_LABELS
-from mmib_cli.postprocess import (
+from mmib_cli.annotation.postprocess import (
     RELATION_SIGNATURES,
     allowed_relations,
     bio_to_entities,

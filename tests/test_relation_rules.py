@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmib_cli.model.configuration import RE_LABELS, MMIBConfig
-from mmib_cli.postprocess import (SYMMETRIC_RELATION_NAMES, calibrate, is_symmetric, relations_from_scores,
+from mmib_cli.annotation.postprocess import (SYMMETRIC_RELATION_NAMES, calibrate, is_symmetric, relations_from_scores,
                                   select_pairs)
 
 ASYMMETRIC = ["/per/per/parent", "/per/per/charges", "/org/org/subsidiary", "/loc/loc/contain", "/misc/misc/part_of"]
@@ -152,8 +152,8 @@ def annotator(tiny_bundle):
 
 
 def test_a_post_with_hundreds_of_entities_scores_a_bounded_number_of_pairs_in_blocks(annotator, monkeypatch):
-    from mmib_cli import inference
-    from mmib_cli.annotate import RelationSettings
+    from mmib_cli.annotation import forward as inference
+    from mmib_cli.annotation.annotator import RelationSettings
 
     calls: list[int] = []
     real = inference.WindowRunner._call
@@ -179,7 +179,7 @@ def test_a_post_with_hundreds_of_entities_scores_a_bounded_number_of_pairs_in_bl
 
 
 def test_checkpoint_sets_the_default_min_score_and_temperature(annotator, monkeypatch):
-    from mmib_cli.annotate import RelationSettings
+    from mmib_cli.annotation.annotator import RelationSettings
 
     post = {"text": "Ann met Bob and Carl at Acme",
             "entities": [{"start": 0, "end": 3, "label": "PER"}, {"start": 8, "end": 11, "label": "PER"},
@@ -206,7 +206,7 @@ def test_given_pairs_never_relate_an_entity_to_itself(annotator):
     post = {"text": "Obama met Biden", "pairs": [
         {"head": {"start": 0, "end": 5, "label": "PER"}, "tail": {"start": 0, "end": 5, "label": "PER"}},
         {"head": {"start": 0, "end": 5, "label": "PER"}, "tail": {"start": 10, "end": 15, "label": "PER"}}]}
-    from mmib_cli.annotate import RelationSettings
+    from mmib_cli.annotation.annotator import RelationSettings
 
     record = next(annotator.relations([post], relation_settings=RelationSettings(pair=False, keep_none=True)))
     assert [(r["head"]["start"], r["tail"]["start"]) for r in record["relations"]] == [(0, 10)]

@@ -33,7 +33,7 @@ def all_pairs(tiny_bundle, pair_input, tmp_path_factory, check) -> list[dict]:
 
 
 def test_relations_pair_every_ordered_pair_with_keep_none(all_pairs):
-    from mmib_cli.postprocess import same_entity
+    from mmib_cli.annotation.postprocess import same_entity
 
     records = all_pairs
     assert sum(len(r["entities"]) for r in records) > 0  # the random NER does find entities
@@ -50,7 +50,7 @@ def test_relations_pair_every_ordered_pair_with_keep_none(all_pairs):
 
 
 def test_relations_type_constraints_and_none(tiny_bundle, pair_input, tmp_path, check):
-    from mmib_cli.postprocess import RELATION_SIGNATURES
+    from mmib_cli.annotation.postprocess import RELATION_SIGNATURES
 
     records = _run_relations(tiny_bundle, pair_input, tmp_path / "a.jsonl", "--pair", "--keep-none", check=check)
     assert sum(len(r["relations"]) for r in records) > 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import invoke, write_jsonl
-from mmib_cli.report import ReportOptions, Summary, build_report, select_records
+from mmib_cli.workflows.report import ReportOptions, Summary, build_report, select_records
 
 HOSTILE_TEXT = "<img src=x onerror=window.__pwned=1> </script><script>window.__pwned=1</script> Obama"
 HOSTILE_ID = "<script>window.__pwned=1</script>"

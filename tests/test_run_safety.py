@@ -18,7 +18,7 @@ from cli_helpers import invoke, make_posts, subprocess_env, write_jsonl
 from mmib_cli.errors import MMIBError
 from mmib_cli.io.lock import OutputLock
 from mmib_cli.io.writer import OutputWriteError, partial_path
-from mmib_cli.pipeline import run_pipeline
+from mmib_cli.engines.local import run_pipeline
 from mmib_cli.runs import RunOptions
 
 
@@ -66,7 +66,7 @@ def test_a_record_that_cannot_be_pickled_back_from_a_worker_is_not_lost(tiny_tex
 
 
 def _die_on_line_5(line, obj, settings):
-    from mmib_cli.annotate import prepare
+    from mmib_cli.annotation.annotator import prepare
 
     if line == 5:
         os._exit(7)  # a worker process killed mid-run
@@ -74,7 +74,7 @@ def _die_on_line_5(line, obj, settings):
 
 
 def test_a_dead_worker_is_fatal_and_keeps_the_partial(posts, reference, tiny_text_only_ner, tmp_path, monkeypatch):
-    import mmib_cli.pipeline as pipeline
+    import mmib_cli.engines.local as pipeline
 
     out = tmp_path / "out.jsonl"
     monkeypatch.setattr(pipeline, "prepare", _die_on_line_5)
@@ -88,7 +88,7 @@ def test_a_dead_worker_is_fatal_and_keeps_the_partial(posts, reference, tiny_tex
 
 
 def test_a_failing_reader_is_fatal_and_keeps_the_partial(posts, reference, tiny_text_only_ner, tmp_path, monkeypatch):
-    import mmib_cli.pipeline as pipeline
+    import mmib_cli.engines.local as pipeline
 
     real = pipeline.read_lines
 
@@ -149,7 +149,7 @@ def test_a_signal_while_locking_leaves_no_lock_file(tmp_path, monkeypatch, step)
 
 
 def test_the_lock_is_held_while_the_model_loads(posts, tiny_text_only_ner, tmp_path, monkeypatch):
-    import mmib_cli.pipeline as pipeline
+    import mmib_cli.engines.local as pipeline
 
     out = tmp_path / "out.jsonl"
     seen = {}
@@ -382,7 +382,7 @@ def test_a_ray_shard_that_cannot_be_written_is_one_clear_error(tmp_path):
     pytest.importorskip("pyarrow")
     import numpy as np
 
-    from mmib_cli.distributed import _write_shard
+    from mmib_cli.engines.ray import _write_shard
 
     (tmp_path / "a-file").write_text("x")
     batch = {"line": np.array([1]), "record": np.array([b'{"id":1,"line":1}\n'], dtype=object)}

@@ -25,7 +25,7 @@ def src(tmp_path) -> Path:
 
 
 def test_plan_and_ray_engine_import_without_torch():
-    code = ("import sys; import mmib_cli.runs, mmib_cli.distributed, mmib_cli.io.jsonl; "
+    code = ("import sys; import mmib_cli.runs, mmib_cli.engines.ray, mmib_cli.io.jsonl; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(REPO)})
 

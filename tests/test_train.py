@@ -179,7 +179,7 @@ def test_eval_output_json_is_never_overwritten_without_force(ner_run, tmp_path):
 
 
 def test_render_metrics_returns_the_table_and_prints_nothing(capsys):
-    from mmib_cli.evaluate import render_metrics
+    from mmib_cli.workflows.evaluate import render_metrics
 
     text = render_metrics({"task": "ner", "data": "d.txt", "precision": 50.0, "recall": 25.0, "f1": 33.33,
                            "support": 4, "per_type": {"PER": {"precision": 50.0, "recall": 25.0, "f1": 33.33,
@@ -189,7 +189,7 @@ def test_render_metrics_returns_the_table_and_prints_nothing(capsys):
 
 
 def test_eval_library_api_matches_cli(ner_run, tmp_path):
-    from mmib_cli.evaluate import evaluate_file
+    from mmib_cli.workflows.evaluate import evaluate_file
 
     cli_metrics, _ = eval_cli("ner", ner_run["out"], ner_run["valid"], tmp_path / "cli.json")
     metrics = evaluate_file("ner", model=str(ner_run["out"]), data=ner_run["valid"])

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from cli_helpers import invoke, one_torch_thread
 from test_train import NER_ARGS, eval_cli, ner_sentences, train_cli, write_conll
 
-from mmib_cli.train import _AutocastPlan
+from mmib_cli.workflows.train import _AutocastPlan
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_a_continuation_that_never_beats_the_start_leaves_the_starting_model(bas
 
 
 def test_init_takes_the_task_part_of_a_bundle(base_run, tmp_path):
-    from mmib_cli.checkpoint.serialization import write_bundle
+    from mmib_cli.storage.format import write_bundle
 
     bundle = tmp_path / "bundle"
     write_bundle(bundle, {"ner": base_run["ckpt"]})

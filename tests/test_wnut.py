@@ -117,7 +117,7 @@ def test_mention_swaps_add_one_copy_per_sentence(tmp_path, tiny_bert_dir):
                                             ("re", "mention_swaps")])
 def test_an_augmentation_of_the_other_task_is_refused(task, flag):
     from mmib_cli.errors import UsageError
-    from mmib_cli.train import TrainOptions
+    from mmib_cli.workflows.train import TrainOptions
 
     with pytest.raises(UsageError, match="is for"):
         TrainOptions(task=task, train_files=["t"], valid_files=["v"], output="o", **{flag: True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmib_cli.checkpoint.serialization import _write_json, load_state, save_state
+from mmib_cli.storage.format import _write_json, load_state, save_state
 from mmib_cli.errors import InvalidCheckpoint
 
 VERSION_KEYS = frozenset({"mmib_version"})  # which package version wrote the file: may differ between the parts
@@ -67,7 +67,7 @@ def average_checkpoints(directories: Sequence[str | Path], output: str | Path, *
 def _settings(directory: str | Path, config: dict) -> dict:
     """A checkpoint's configuration with the defaults filled in (a key an older version did not write equals its
     default) and without the version of the package that wrote it."""
-    from mmib_cli.checkpoint.model_io import CHECKPOINT_KEYS, load_config
+    from mmib_cli.checkpoint.assemble import CHECKPOINT_KEYS, load_config
 
     checkpoint = {k: v for k, v in config.items() if k in CHECKPOINT_KEYS and k not in VERSION_KEYS}
     return {**checkpoint, **load_config(directory).to_dict()}

@@ -311,7 +311,7 @@ def make_output(
         post: the input post.
         tokens: words with ``text``/``start``/``end`` (``mmib_cli.text.Token`` or dicts).
         bio: one BIO tag per token.
-        entities: entity dicts (see ``mmib_cli.postprocess.bio_to_entities``).
+        entities: entity dicts (see ``mmib_cli.annotation.postprocess.bio_to_entities``).
         image_used: whether an image contributed to the prediction.
         model: ``name@revision`` of the model.
         relations: relation dicts, or ``None`` to leave the key out.

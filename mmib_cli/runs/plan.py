@@ -34,16 +34,13 @@ class EngineTraits:
     resume: bool  # continues an interrupted output
     uris: bool  # reads and writes pyarrow URIs (s3://...)
     output: str  # "file" or "directory"
-    runner: str  # "module:function" taking (RunOptions, engine options) and returning a RunSummary
 
 
 ENGINE_TRAITS = {
-    Engine.LOCAL: EngineTraits(stdio=True, resume=True, uris=False, output="file",
-                               runner="mmib_cli.pipeline:run_pipeline"),
-    Engine.RAY: EngineTraits(stdio=False, resume=False, uris=True, output="directory",
-                             runner="mmib_cli.distributed:run_ray"),
+    Engine.LOCAL: EngineTraits(stdio=True, resume=True, uris=False, output="file"),
+    Engine.RAY: EngineTraits(stdio=False, resume=False, uris=True, output="directory"),
 }
-"""Every engine; a new one (Spark, Dask...) is a module with a runner plus one entry here."""
+"""What each engine (`mmib_cli.engines`) can read and write, checked here before any engine is imported."""
 
 CHUNK_BATCHES = 16
 """Default posts per chunk, in batches. A chunk is the window within which posts are sorted by length before being

@@ -47,8 +47,8 @@ def describe_model(model: str, *, online: bool | None = None) -> ModelInfo:
     Raises:
         MMIBError: the model cannot be resolved or its config cannot be read.
     """
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import checkpoint_files, read_bundle, read_config
+    from mmib_cli.storage.resolve import resolve_model
+    from mmib_cli.storage.format import checkpoint_files, read_bundle, read_config
 
     resolved = resolve_model(model, online=online)
     parts = read_bundle(resolved.path) or {"single": resolved.path}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmib_cli.checkpoint.model_io import LoadedModel, load_model
+from mmib_cli.checkpoint.assemble import LoadedModel, load_model
 from mmib_cli.choices import DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.errors import InvalidCheckpoint
 
@@ -52,10 +52,10 @@ def load_bundle(model: str, *, revision: str | None = None, device: str = DEFAUL
         InvalidCheckpoint: a bundle holds two models of the same task.
         ValueError: an unknown device or dtype.
     """
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import read_bundle
+    from mmib_cli.storage.resolve import resolve_model
+    from mmib_cli.storage.format import read_bundle
     from mmib_cli.device import resolve_device, resolve_dtype
-    from mmib_cli.inference import optimize_for_inference
+    from mmib_cli.checkpoint.optimize import optimize_for_inference
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

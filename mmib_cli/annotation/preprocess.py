@@ -13,7 +13,7 @@ import torch
 
 from mmib_cli.choices import OnMissingImage
 from mmib_cli.io.records import ErrorRecord, InputError, InputPost, SkippedRecord, parse_post, post_id
-from mmib_cli.relation_inputs import check_relation_inputs
+from mmib_cli.annotation.relation_inputs import check_relation_inputs
 from mmib_cli.settings import PrepareSettings
 from mmib_cli.text import Token, tokenize
 

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmib_cli.checkpoint.model_io import LoadedModel, build_model, load_model, save_model
+from mmib_cli.checkpoint.assemble import LoadedModel, build_model, load_model, save_model
 from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
 from mmib_cli.data.datasets import Examples, WindowDataset, make_collate, read_examples
 from mmib_cli.device import resolve_device, resolve_dtype
-from mmib_cli.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
+from mmib_cli.checkpoint.encoders import build_image_backbone, parse_image_encoder, parse_text_encoder, text_encoder_location
 from mmib_cli.errors import UsageError
-from mmib_cli.evaluate import score_examples
+from mmib_cli.workflows.evaluate import score_examples
 from mmib_cli.features import Featurizer
 from mmib_cli.model.tuning import copy_into_wider_lora, lora_rank
 
@@ -249,8 +249,8 @@ def load_init_model(spec: str, task: str, overrides: dict[str, Any] | None = Non
         UsageError: the checkpoint has no `task` part, is a checkpoint of the other task, or an override
             touches the architecture.
     """
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import read_bundle, read_config
+    from mmib_cli.storage.resolve import resolve_model
+    from mmib_cli.storage.format import read_bundle, read_config
 
     directory = resolve_model(spec).path
     bundle = read_bundle(directory)

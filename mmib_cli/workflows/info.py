@@ -15,7 +15,7 @@ def _embedded_status(spec: Any) -> dict[str, Any]:
     status: dict[str, Any] = {"path": str(directory), "present": directory.is_dir() and bool(spec.files)}
     if not status["present"]:
         return status
-    from mmib_cli.checkpoint.serialization import read_bundle
+    from mmib_cli.storage.format import read_bundle
 
     parts = read_bundle(directory) or {"model": directory}
     tasks = {}
@@ -39,8 +39,8 @@ def collect_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    from mmib_cli.checkpoint.download import default_cache_dir, hub_endpoint
-    from mmib_cli.checkpoint.registry import load_registry, models_dir, registry_path
+    from mmib_cli.storage.download import default_cache_dir, hub_endpoint
+    from mmib_cli.storage.registry import load_registry, models_dir, registry_path
     from mmib_cli.device import describe_hardware
     from mmib_cli.offline import is_offline
 
@@ -95,7 +95,7 @@ def render_info(facts: dict[str, Any]) -> str:
 
 def list_models() -> list[dict[str, Any]]:
     """Registry entries with their local availability (embedded present / hub snapshot cached)."""
-    from mmib_cli.checkpoint.registry import load_registry
+    from mmib_cli.storage.registry import load_registry
 
     rows = []
     for name, spec in sorted(load_registry().items()):

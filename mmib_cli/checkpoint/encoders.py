@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmib_cli.checkpoint.verify import sha256_file
+from mmib_cli.storage.verify import sha256_file
 from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
 
 logger = logging.getLogger(__name__)

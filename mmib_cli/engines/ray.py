@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_MODEL, DType, Engine, Mode
+from mmib_cli.engines import engine
 from mmib_cli.errors import MMIBError, OutputExists, OutputWriteError, UsageError
 from mmib_cli.io.jsonl import DEFAULT_MAX_LINE_BYTES, read_lines
 from mmib_cli.io.lock import OutputLock
@@ -128,7 +129,7 @@ class RayAnnotator:
         from mmib_cli.offline import configure_network
 
         configure_network(online)  # before transformers is imported in this worker
-        from mmib_cli.annotate import Annotator, RelationSettings
+        from mmib_cli.annotation.annotator import Annotator, RelationSettings
         from mmib_cli.console import quiet_transformers
 
         quiet_transformers()  # as the CLI does: no loading bars from every actor
@@ -141,7 +142,7 @@ class RayAnnotator:
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Annotate one batch (see the class docstring for the columns)."""
-        from mmib_cli.preprocess import prepare
+        from mmib_cli.annotation.preprocess import prepare
 
         chunk = [prepare(int(line), decode_line(record, error), self.settings)
                  for line, record, error in zip(batch["line"], batch["record"], batch["error"])]
@@ -295,8 +296,8 @@ def _check_model(opts: RunOptions) -> str:
     Raises:
         MMIBError: the model cannot be resolved, or lacks the ner/re part the command needs.
     """
-    from mmib_cli.checkpoint.resolve import resolve_model
-    from mmib_cli.checkpoint.serialization import read_bundle, read_config
+    from mmib_cli.storage.resolve import resolve_model
+    from mmib_cli.storage.format import read_bundle, read_config
 
     resolved = resolve_model(opts.model, online=opts.online)
     parts = read_bundle(resolved.path) or {"single": resolved.path}
@@ -331,6 +332,7 @@ def _actor_pool(ray: Any, ray_options: RayOptions) -> Any:
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
+@engine(Engine.RAY)
 def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSummary:
     """Annotate `opts.input_path` on Ray Data into JSONL shards in the directory `opts.output`.
 

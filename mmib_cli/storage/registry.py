@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmib_cli.checkpoint.verify import safe_relpath
+from mmib_cli.storage.verify import safe_relpath
 from mmib_cli.errors import CheckpointNotFound, InvalidCheckpoint
 
 logger = logging.getLogger(__name__)

@@ -117,10 +117,10 @@ def calibrate_checkpoint(directory: str | Path, data: Sequence[str | Path], *, p
         "nll_after"}`; the two config values are written into the checkpoint's config.json (`relation_min_score`
         is null when no threshold reaches the target).
     """
-    from mmib_cli.checkpoint.model_io import load_model
-    from mmib_cli.checkpoint.serialization import read_bundle, update_config
+    from mmib_cli.checkpoint.assemble import load_model
+    from mmib_cli.storage.format import read_bundle, update_config
     from mmib_cli.data.datasets import read_examples
-    from mmib_cli.inference import predict_re
+    from mmib_cli.annotation.forward import predict_re
 
     directory = Path(directory)
     bundle = read_bundle(directory)

@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmib_cli.annotate import Annotator
-from mmib_cli.preprocess import prepare
+from mmib_cli.annotation.annotator import Annotator
+from mmib_cli.annotation.preprocess import prepare
 from mmib_cli.choices import Engine
+from mmib_cli.engines import engine
 from mmib_cli.console import Progress
 from mmib_cli.errors import ExitCode, InputUnreadable, MMIBError, OutputClosed
 from mmib_cli.io.jsonl import is_stream_input, read_lines
@@ -163,6 +164,12 @@ def _fork_ok() -> bool:
     import multiprocessing
 
     return "fork" in multiprocessing.get_all_start_methods()
+
+
+@engine(Engine.LOCAL)
+def run_local(opts: RunOptions, engine_options: None = None) -> RunSummary:
+    """The local engine's runner (`engines.execute`): `run_pipeline` with the model loaded from `opts.model`."""
+    return run_pipeline(opts)
 
 
 def run_pipeline(opts: RunOptions, *, annotator: Annotator | None = None) -> RunSummary:

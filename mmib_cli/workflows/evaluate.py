@@ -10,7 +10,7 @@ from typing import Any
 from mmib_cli.choices import DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
 from mmib_cli.errors import UsageError
-from mmib_cli.inference import predict_ner, predict_re
+from mmib_cli.annotation.forward import predict_ner, predict_re
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def score_examples(loaded: Any, examples: Examples, *, chunk_posts: int = EVAL_C
     predictions do not depend on it: every window runs in a call of a fixed shape (`inference`), as in
     `mmib annotate`.
     """
-    from mmib_cli.metrics import ner_scores, re_scores
+    from mmib_cli.workflows.metrics import ner_scores, re_scores
 
     labels = loaded.model.config.labels
     predicted: list[Any] = []
@@ -51,7 +51,7 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
                   online: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint (any `--model` form) and score it on a CoNLL (ner) or MNRE (re) file."""
     task = ModelTask.parse(task, what="task")
-    from mmib_cli.checkpoint.loading import load_bundle
+    from mmib_cli.checkpoint.bundle import load_bundle
 
     if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
         raise UsageError(f"--images {images}: no such directory")

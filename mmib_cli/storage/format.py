@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmib_cli.checkpoint.verify import sha256_file
+from mmib_cli.storage.verify import sha256_file
 from mmib_cli.errors import InvalidCheckpoint
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def load_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             raise InvalidCheckpoint(
                 f"{directory} holds only pickle weights ({', '.join(pickles)}) and no {WEIGHTS_NAME}: mmib loads "
                 "safetensors only, because unpickling a file can run arbitrary code. Convert it where you trust the "
-                "file (torch.load, then mmib_cli.checkpoint.serialization.save_state) or use a safetensors checkpoint."
+                "file (torch.load, then mmib_cli.storage.format.save_state) or use a safetensors checkpoint."
             )
         raise InvalidCheckpoint(f"{weights} is missing: {directory} is not a complete mmib checkpoint")
     config = read_config(directory)

@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmib_cli.checkpoint.download import download_checkpoint
-from mmib_cli.checkpoint.registry import CheckpointSpec, load_registry
-from mmib_cli.checkpoint.serialization import BUNDLE_NAME, CONFIG_NAME, read_bundle
-from mmib_cli.checkpoint.verify import verify_files
+from mmib_cli.storage.download import download_checkpoint
+from mmib_cli.storage.registry import CheckpointSpec, load_registry
+from mmib_cli.storage.format import BUNDLE_NAME, CONFIG_NAME, read_bundle
+from mmib_cli.storage.verify import verify_files
 from mmib_cli.errors import CheckpointNotFound, InvalidCheckpoint
 
 logger = logging.getLogger(__name__)

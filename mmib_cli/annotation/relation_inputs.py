@@ -9,12 +9,12 @@ from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mmib_cli.io.records import ErrorRecord, InputError, describe_value
-from mmib_cli.postprocess import PairSelection, output_entity
+from mmib_cli.annotation.postprocess import PairSelection, output_entity
 from mmib_cli.settings import RelationInputs
 from mmib_cli.text import Token
 
 if TYPE_CHECKING:
-    from mmib_cli.preprocess import Prepared
+    from mmib_cli.annotation.preprocess import Prepared
 
 
 def check_relation_inputs(item: "Prepared", inputs: RelationInputs) -> "Prepared | ErrorRecord":

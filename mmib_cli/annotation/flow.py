@@ -17,16 +17,16 @@ import torch
 from mmib_cli.choices import Mode
 from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.features import Window, merge_window_emissions
-from mmib_cli.inference import CallFailed, WindowRunner, decode_posts, encode_photos
+from mmib_cli.annotation.forward import CallFailed, WindowRunner, decode_posts, encode_photos
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, make_output
-from mmib_cli.postprocess import (PairSelection, bio_to_entities, default_min_score, relation_entity_types,
+from mmib_cli.annotation.postprocess import (PairSelection, bio_to_entities, default_min_score, relation_entity_types,
                                   relations_from_scores, select_pairs)
-from mmib_cli.preprocess import Prepared
-from mmib_cli.relation_inputs import WordIndex, bio_from_entities, check_relation_inputs, given_pair_selection
+from mmib_cli.annotation.preprocess import Prepared
+from mmib_cli.annotation.relation_inputs import WordIndex, bio_from_entities, check_relation_inputs, given_pair_selection
 from mmib_cli.settings import RelationInputs, RelationSettings
 
 if TYPE_CHECKING:
-    from mmib_cli.checkpoint.model_io import LoadedModel
+    from mmib_cli.checkpoint.assemble import LoadedModel
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmib_cli._version import __version__
-from mmib_cli.encoders import ImageBackboneInfo, build_image_backbone, load_text_encoder
+from mmib_cli.checkpoint.encoders import ImageBackboneInfo, build_image_backbone, load_text_encoder
 from mmib_cli.errors import InvalidCheckpoint
 from mmib_cli.features import Featurizer
 from mmib_cli.model.tuning import apply_encoder_tuning
@@ -70,7 +70,7 @@ def stored_state_dict(model: torch.nn.Module, image_info: ImageBackboneInfo | No
 def save_model(loaded: LoadedModel, directory: str | Path, *, dtype: torch.dtype | None = None,
                card: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write `loaded.model` as a checkpoint directory; `dtype=torch.float16` halves the stored size."""
-    from mmib_cli.checkpoint.serialization import save_state
+    from mmib_cli.storage.format import save_state
 
     directory = Path(directory)
     config = loaded.model.config.to_dict()
@@ -88,7 +88,7 @@ def load_config(directory: str | Path) -> Any:
         InvalidCheckpoint: the file is missing or not JSON, or a value has the wrong type, an absurd size or
             nests too deeply (the message names the field).
     """
-    from mmib_cli.checkpoint.serialization import read_config
+    from mmib_cli.storage.format import read_config
     from mmib_cli.model import MMIBConfig
 
     if not Path(directory).is_dir():
@@ -111,7 +111,7 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu", dty
         InvalidCheckpoint: config.json holds invalid values (checked before anything is allocated), or tensors are
             missing or unexpected for the configured architecture.
     """
-    from mmib_cli.checkpoint.serialization import load_state
+    from mmib_cli.storage.format import load_state
 
     directory = Path(directory)
     config = load_config(directory)

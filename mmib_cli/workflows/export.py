@@ -27,7 +27,7 @@ from mmib_cli.choices import Choice
 from mmib_cli.errors import UsageError
 from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
-from mmib_cli.report import LABEL_COLOURS
+from mmib_cli.workflows.report import LABEL_COLOURS
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def model_relation_labels(model: str, *, online: bool | None = None) -> list[str
 
     A checkpoint without an RE part gives the 22 MNRE relations.
     """
-    from mmib_cli.checkpoint import read_bundle, read_config, resolve_model
+    from mmib_cli.storage import read_bundle, read_config, resolve_model
     from mmib_cli.model.configuration import RE_LABELS
 
     path = resolve_model(model, online=online).path

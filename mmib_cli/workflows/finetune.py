@@ -106,8 +106,8 @@ def finetune(opts: Any, *, holdout: float = 0.2, use_predictions: bool = False) 
     Raises:
         UsageError: no `--init`, nothing to select the epoch on, or no usable correction.
     """
-    from mmib_cli.evaluate import evaluate_file
-    from mmib_cli.train import train
+    from mmib_cli.workflows.evaluate import evaluate_file
+    from mmib_cli.workflows.train import train
 
     if not opts.init:
         raise UsageError("training on a Label Studio export continues a checkpoint: give --init CHECKPOINT "

@@ -11,13 +11,13 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from mmib_cli.checkpoint.model_io import LoadedModel
+from mmib_cli.checkpoint.assemble import LoadedModel
 from mmib_cli.choices import DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MODEL, DType, Mode
 from mmib_cli.errors import InvalidCheckpoint
-from mmib_cli.flow import AnnotationSession
+from mmib_cli.annotation.flow import AnnotationSession
 from mmib_cli.io.records import ErrorRecord, SkippedRecord
-from mmib_cli.postprocess import relation_entity_types
-from mmib_cli.preprocess import Prepared, Skipped, prepare, word_tokens
+from mmib_cli.annotation.postprocess import relation_entity_types
+from mmib_cli.annotation.preprocess import Prepared, Skipped, prepare, word_tokens
 from mmib_cli.settings import PrepareSettings, RelationInputs, RelationSettings
 
 __all__ = ["Annotator", "Prepared", "PrepareSettings", "RelationSettings", "Skipped", "prepare", "word_tokens"]
@@ -44,7 +44,7 @@ class Annotator:
                         device: str = DEFAULT_DEVICE, dtype: str | DType = DType.AUTO, cache_dir: str | None = None,
                         token: str | None = None, online: bool | None = None) -> "Annotator":
         """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
-        from mmib_cli.checkpoint.loading import load_bundle
+        from mmib_cli.checkpoint.bundle import load_bundle
 
         bundle = load_bundle(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, token=token,
                              online=online)

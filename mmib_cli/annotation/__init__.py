@@ -1,0 +1,1 @@
+"""The library's post flow: preprocess -> forward -> postprocess, and the Annotator."""

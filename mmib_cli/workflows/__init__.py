@@ -1,0 +1,1 @@
+"""Commands over files: train, evaluate, fine-tune, calibrate, export, report, info."""
