@@ -121,18 +121,12 @@ def test_readme_quick_start_on_the_samples(tmp_path, monkeypatch):
     assert "mmib annotate samples/posts.jsonl -o out.jsonl" in README
     monkeypatch.chdir(REPO)
     out = tmp_path / "out.jsonl"
+    assert _default_checkpoint_present()  # the default checkpoint ships inside the package
     result = invoke("annotate", "samples/posts.jsonl", "-o", out)
-    if not _default_checkpoint_present():
-        assert result.exit_code == 1
-        [message] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert "mmib-default" in message and str(Path("models") / "mmib-default") in message
-        assert "Traceback" not in result.output
-        assert not out.exists()
-    else:  # once the default checkpoint ships: every sample post is annotated (the broken image falls back to text)
-        assert result.exit_code == 0, result.output
-        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-        assert len(records) == 14 and all("error" not in r for r in records)
-        assert [r["line"] for r in records] == list(range(1, 15))
+    assert result.exit_code == 0, result.output  # every sample post is annotated (the broken image falls back)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 14 and all("error" not in r for r in records)
+    assert [r["line"] for r in records] == list(range(1, 15))
 
 
 @pytest.mark.parametrize("args,needle", [

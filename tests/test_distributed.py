@@ -63,7 +63,9 @@ def test_engine_ray_without_ray_installed(posts_file, tmp_path, monkeypatch):
 
 
 def test_cli_passes_ray_options(posts_file, tmp_path, monkeypatch):
-    import mmib_cli.engines.ray as distributed
+    import mmib_cli.engines.ray  # noqa: F401 - registers the real runner first
+    from mmib_cli.choices import Engine
+    from mmib_cli.engines import ENGINES
 
     seen = {}
 
@@ -71,7 +73,7 @@ def test_cli_passes_ray_options(posts_file, tmp_path, monkeypatch):
         seen.update(opts=opts, ray_options=ray_options)
         return RunSummary(exit_code=ExitCode.PARTIAL)
 
-    monkeypatch.setattr(distributed, "run_ray", fake_run_ray)
+    monkeypatch.setitem(ENGINES, Engine.RAY, fake_run_ray)
     monkeypatch.chdir(tmp_path)
     invoke("relations", posts_file, "-o", "shards", "--engine", "ray", "--address", "ray://head:10001",
            "--concurrency", "8", "--gpus-per-worker", "0.5", "--pair", "--shard", "2/4", expect=3)
