@@ -34,7 +34,7 @@ def test_evaluation_training_and_loading_do_not_import_the_annotator(module):
 
 
 def test_model_package_holds_encoder_tuning_and_checkpoint_io_does_not():
-    model_io = [name for module, names in _imports(PACKAGE / "checkpoint" / "model_io.py") for name in names]
-    assert "apply_encoder_tuning" in model_io  # used from mmib_cli.model.tuning, not defined here
-    source = (PACKAGE / "checkpoint" / "model_io.py").read_text(encoding="utf-8")
+    assemble = [name for module, names in _imports(PACKAGE / "checkpoint" / "assemble.py") for name in names]
+    assert "apply_encoder_tuning" in assemble  # used from mmib_cli.model.tuning, not defined here
+    source = (PACKAGE / "checkpoint" / "assemble.py").read_text(encoding="utf-8")
     assert "def apply_encoder_tuning" not in source and "peft" not in source

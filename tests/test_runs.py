@@ -102,9 +102,9 @@ def _boom(*args, **kwargs):
 
 
 def test_a_library_value_error_is_not_a_usage_error(src, tmp_path, monkeypatch):
-    import mmib_cli.runs
+    import mmib_cli.engines
 
-    monkeypatch.setattr(mmib_cli.runs, "execute", _boom)
+    monkeypatch.setattr(mmib_cli.engines, "execute", _boom)
     result = CliRunner().invoke(cli, ["annotate", str(src), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1, result.output
     assert "Usage:" not in result.stderr and "Traceback" not in result.stderr
@@ -112,9 +112,9 @@ def test_a_library_value_error_is_not_a_usage_error(src, tmp_path, monkeypatch):
 
 
 def test_a_library_value_error_keeps_its_traceback_with_verbose(src, tmp_path, monkeypatch):
-    import mmib_cli.runs
+    import mmib_cli.engines
 
-    monkeypatch.setattr(mmib_cli.runs, "execute", _boom)
+    monkeypatch.setattr(mmib_cli.engines, "execute", _boom)
     result = CliRunner().invoke(cli, ["-v", "annotate", str(src), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)
 
