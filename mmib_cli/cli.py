@@ -246,7 +246,7 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
     """
     from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
-    _run(check_metrics_output, output_json, force=force)
+    _run(check_metrics_output, output_json, force=force, inputs=(data,))
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
                    device=device, dtype=dtype, online=obj.get("online"))
     click.echo(render_metrics(metrics))

@@ -193,7 +193,7 @@ def export(opts: ExportOptions) -> ExportResult:
         OSError: the input cannot be read or the output cannot be written.
     """
     fmt = ExportFormat.parse(opts.format, what="--format")
-    check_writable(opts.output, force=opts.force)
+    check_writable(opts.output, force=opts.force, inputs=[opts.input])
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     refs = ImageRefs(base_dir, Path(opts.image_root) if opts.image_root else None, opts.image_url_prefix,
                      Path(opts.local_files_root) if opts.local_files_root else None)
@@ -218,7 +218,7 @@ def export(opts: ExportOptions) -> ExportResult:
             image = ""
         items.append(label_studio_task(record, image=image))
     text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
-    write_text_output(opts.output, text, force=opts.force)
+    write_text_output(opts.output, text, force=opts.force, inputs=[opts.input])
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,
                 left_out)
     return ExportResult(opts.output, len(items), left_out, problems)

@@ -307,7 +307,7 @@ def build_report(opts: ReportOptions) -> ReportResult:
         OSError: the input cannot be read or the output cannot be written.
     """
     out = Path(opts.output)
-    check_writable(out, force=opts.force)
+    check_writable(out, force=opts.force, inputs=[opts.input])
     summary = Summary()
     records = select_records(read_output(opts.input, limit=opts.limit), summary, sample=opts.sample, seed=opts.seed)
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
@@ -315,7 +315,7 @@ def build_report(opts: ReportOptions) -> ReportResult:
     views = [_view(record, thumbs) for record in records]
     title = opts.title or f"mmib report: {Path(opts.input).name}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
-    write_text_output(out, page, force=opts.force)
+    write_text_output(out, page, force=opts.force, inputs=[opts.input])
     for path, problem in list(thumbs.problems.items())[:5]:
         logger.warning("no thumbnail for %s: %s", path, problem)
     logger.info("report %s: %d of %d posts shown, %d thumbnails", out, len(views), summary.posts, len(thumbs.uris))
