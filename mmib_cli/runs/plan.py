@@ -63,6 +63,7 @@ class PrepareSettings:
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
     max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
+    confine_images: bool = False  # refuse image paths that resolve outside image_root (else base_dir)
 
     def __post_init__(self) -> None:
         self.on_missing_image = OnMissingImage.parse(self.on_missing_image, what="on_missing_image")
@@ -186,6 +187,7 @@ class RunOptions:
     num_workers: int | None = None
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_root: str | None = None
+    confine_images: bool = False
     id_field: str = "id"
     text_field: str = "text"
     image_field: str = "image"
@@ -271,7 +273,8 @@ class RunOptions:
         base_dir = Path.cwd() if is_uri(self.input_path) else input_base_dir(self.input_path)
         return {"id_field": self.id_field, "text_field": self.text_field, "image_field": self.image_field,
                 "base_dir": base_dir, "on_missing_image": self.on_missing_image,
-                "image_root": Path(self.image_root) if self.image_root else None}
+                "image_root": Path(self.image_root) if self.image_root else None,
+                "confine_images": self.confine_images}
 
     @property
     def chunk_rule(self) -> ChunkRule:

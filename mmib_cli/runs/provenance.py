@@ -26,7 +26,8 @@ RUN_FORMAT_VERSION = 2
 """Version 2: the input is proven line by line (`OUTPUT.run.lines`) instead of by a digest of its first bytes."""
 
 OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "max_pairs", "keep_none", "type_constraints",
-                  "on_missing_image", "image_root", "id_field", "text_field", "image_field", "shard", "dtype")
+                  "on_missing_image", "image_root", "confine_images", "id_field", "text_field", "image_field", "shard",
+                  "dtype")
 """The options whose value changes an output line (batch size, workers, device and limit do not)."""
 
 
