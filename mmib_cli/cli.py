@@ -352,7 +352,9 @@ def main() -> None:
     second signal ends the process at once.
     """
     from mmib_cli.signals import Interrupted, install
+    from mmib_cli.stdio import guard_standard_streams
 
+    guard_standard_streams()  # `2>&-` and friends: see mmib_cli.stdio
     install()
     try:
         cli(prog_name="mmib")

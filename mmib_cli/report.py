@@ -321,6 +321,7 @@ def build_report(opts: ReportOptions) -> ReportResult:
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
     write_text_output(out, page, force=opts.force, inputs=[opts.input])
     for path, problem in list(thumbs.problems.items())[:5]:
-        logger.warning("no thumbnail for %s: %s", path, problem)
-    logger.info("report %s: %d of %d posts shown, %d thumbnails", out, len(views), summary.posts, len(thumbs.uris))
+        logger.warning("no thumbnail for %s: %s", display_path(path), problem)
+    logger.info("report %s: %d of %d posts shown, %d thumbnails", display_path(out), len(views), summary.posts,
+                len(thumbs.uris))
     return ReportResult(out, summary, len(views), len(thumbs.uris), len(thumbs.problems))

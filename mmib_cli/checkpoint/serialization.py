@@ -276,6 +276,9 @@ def checkpoint_files(directory: str | Path) -> dict[str, str]:
 
     Returns:
         relative '/'-separated path → sha256 hex, sorted by path.
+
+    Raises:
+        InvalidCheckpoint: a file cannot be read.
     """
     directory = Path(directory)
     found: dict[str, str] = {}
@@ -283,5 +286,8 @@ def checkpoint_files(directory: str | Path) -> dict[str, str]:
         rel = path.relative_to(directory)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        found[rel.as_posix()] = sha256_file(path)
+        try:
+            found[rel.as_posix()] = sha256_file(path)
+        except OSError as exc:  # an unreadable file (permissions, an I/O error, a link into /proc)
+            raise InvalidCheckpoint(f"cannot read checkpoint file {path}: {exc.strerror or exc}") from None
     return found
