@@ -236,3 +236,14 @@ def test_an_output_name_too_long_for_its_sidecars_is_refused_before_work(tmp_pat
 def test_a_failed_sidecar_write_is_an_mmib_error_not_a_traceback(tmp_path):
     with pytest.raises(MMIBError, match="cannot write"):
         open_new(tmp_path / "missing" / "x.partial")
+
+
+def test_the_ray_engine_refuses_an_input_inside_its_output_directory(tmp_path):
+    from mmib_cli.runs import RunOptions
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    src = shards / "part-000000000001.jsonl"
+    src.write_text('{"id": 1, "text": "a"}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="inside the output directory"):
+        RunOptions(task="annotate", input_path=str(src), output=str(shards), engine="ray", force=True).check()
