@@ -60,16 +60,19 @@ class _ChunkSource(IterableDataset):
     def _lines(self, marks: dict[int, str | None]) -> Iterator[tuple[int, Any]]:
         """The lines to annotate; each line's digest goes to `marks`, and kept lines are proven (`ResumeCheck`)."""
         check = ResumeCheck(self.kept or {line: None for line in self.done}, self.opts.output)
+        latest: dict[int, str | None] = {}  # the digest of the line just read (only selected lines are kept)
 
         def traced() -> Iterator[tuple[int, Any]]:
             for line, value, digest in read_lines_traced(self.opts.input_path):
                 check.see(line, digest)
-                marks[line] = digest
+                latest.clear()
+                latest[line] = digest
                 yield line, value
             check.finish()
 
         for line, value in self.opts.select(traced(), self.done):
             check.selected(line)
+            marks[line] = latest.get(line)
             yield line, value
 
     def __iter__(self) -> Iterator[tuple[list | bytes, dict[int, str | None]] | _Refusal]:

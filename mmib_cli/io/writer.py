@@ -338,7 +338,8 @@ class AtomicJSONLWriter:
 
     def expect(self, marks: Mapping[int, str | None]) -> None:
         """Digests of the input lines whose records are about to be written (None: a line not yet complete)."""
-        self._marks.update(marks)
+        if self._line_digests and not self.direct:  # stdout, a FIFO: nothing to resume, nothing to keep
+            self._marks.update(marks)
 
     def is_done(self, line: int, id: PostId | None = None) -> bool:
         """Whether input `line` was already written by the resumed run.
