@@ -126,7 +126,7 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
     try:
         from mmib_cli.engines.local import run_pipeline
     except ImportError:  # a --baseline-src tree from before mmib_cli/engines/
-        from mmib_cli.pipeline import run_pipeline
+        from mmib_cli.engines.local import run_pipeline
 
     opts = RunOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
                            model="preloaded", batch_size=args.batch_size, device=args.device,

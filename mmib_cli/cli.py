@@ -10,6 +10,7 @@ import click
 
 from mmib_cli._version import __version__
 from mmib_cli.errors import ExitCode, MMIBError, UsageError
+from mmib_cli.io.safefile import display_path
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
 from mmib_cli.options import choice, device_options, model_option, pipeline_options
 
@@ -247,7 +248,7 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
     """
     from mmib_cli.workflows.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
 
-    _run(check_metrics_output, output_json, force=force)
+    _run(check_metrics_output, output_json, force=force, inputs=(data,))
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, device=device, dtype=dtype,
                    online=obj.get("online"))
     click.echo(render_metrics(metrics))
@@ -287,6 +288,9 @@ def calibrate(model: str, data_files: tuple[str, ...], target: float, reverse_pa
               help="Longest side of the embedded photo thumbnails in pixels (0: no photos).")
 @click.option("--page-size", type=click.IntRange(1), default=50, show_default=True, help="Posts per page.")
 @click.option("--title", default=None, help="Page title (default: the input file name).")
+@click.option("--confine-images/--no-confine-images", default=True, show_default=True,
+              help="Read only images under the image root (--image-root, else INPUT's folder), symlinks resolved; "
+                   "--no-confine-images lets posts name any file (trusted input only).")
 @click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
 def report(input_path: str, **options: Any) -> None:
     """Write one self-contained HTML page to review an annotate output: highlights, photos, charts, filters.
@@ -296,8 +300,8 @@ def report(input_path: str, **options: Any) -> None:
     from mmib_cli.workflows.report import ReportOptions, build_report
 
     result = _run(build_report, ReportOptions(input=input_path, **options))
-    click.echo(f"{result.output}: {result.shown} of {result.summary.posts} posts, {result.thumbnails} photos",
-               err=True)
+    click.echo(f"{display_path(result.output)}: {result.shown} of {result.summary.posts} posts, "
+               f"{result.thumbnails} photos", err=True)
 
 
 @cli.command()
@@ -317,6 +321,9 @@ def report(input_path: str, **options: Any) -> None:
               help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: data.image = /data/local-files/?d=<path "
                    "below it>.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Read only the first N lines.")
+@click.option("--confine-images/--no-confine-images", default=True, show_default=True,
+              help="Read only images under the image root (--image-root, else INPUT's folder), symlinks resolved; "
+                   "--no-confine-images lets posts name any file (trusted input only).")
 @click.option("-F", "--force", is_flag=True, help="Overwrite an existing output file.")
 @click.pass_obj
 def export(obj: dict, input_path: str | None, format_: str, output: str | None, label_config: bool, model: str,
@@ -335,8 +342,8 @@ def export(obj: dict, input_path: str | None, format_: str, output: str | None, 
         raise click.UsageError("give INPUT and -o OUTPUT (or --label-config)")
     opts = exporting.ExportOptions(input=input_path, output=output, format=format_, **options)
     result = _run(exporting.export, opts)
-    click.echo(f"{result.output}: {result.exported} posts exported, {result.left_out} error/skipped records left out",
-               err=True)
+    click.echo(f"{display_path(result.output)}: {result.exported} posts exported, {result.left_out} error/skipped "
+               "records left out", err=True)
 
 
 def main() -> None:
@@ -346,7 +353,9 @@ def main() -> None:
     second signal ends the process at once.
     """
     from mmib_cli.signals import Interrupted, install
+    from mmib_cli.stdio import guard_standard_streams
 
+    guard_standard_streams()  # `2>&-` and friends: see mmib_cli.stdio
     install()
     try:
         cli(prog_name="mmib")

@@ -49,6 +49,9 @@ def pipeline_options(func: F) -> F:
                      show_default=True, help="What to do when a post's image is missing or unreadable."),
         click.option("--image-root", type=click.Path(file_okay=False, path_type=str), default=None,
                      help="Directory that relative image paths resolve against (default: the input file's)."),
+        click.option("--confine-images", is_flag=True,
+                     help="Read only images under the image root (--image-root, else the input's folder), symlinks "
+                          "resolved; others are ImageOutsideRoot (for posts from untrusted sources)."),
         click.option("--id-field", default="id", show_default=True, help="Input field holding the post id."),
         click.option("--text-field", default="text", show_default=True, help="Input field holding the text."),
         click.option("--image-field", default="image", show_default=True, help="Input field holding the image path."),

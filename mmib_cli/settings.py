@@ -39,6 +39,7 @@ class PrepareSettings:
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_size: int | None = None  # None: the model takes no image, so images are not decoded
     max_image_bytes: int | None = None  # larger image files are refused; None: io.images.DEFAULT_MAX_IMAGE_BYTES
+    confine_images: bool = False  # refuse image paths that resolve outside image_root (else base_dir)
     relation_inputs: RelationInputs | None = None  # `mmib relations`: check the pairs/entities each post gives
 
     def __post_init__(self) -> None:

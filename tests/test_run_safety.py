@@ -90,15 +90,15 @@ def test_a_dead_worker_is_fatal_and_keeps_the_partial(posts, reference, tiny_tex
 def test_a_failing_reader_is_fatal_and_keeps_the_partial(posts, reference, tiny_text_only_ner, tmp_path, monkeypatch):
     import mmib_cli.engines.local as pipeline
 
-    real = pipeline.read_lines
+    real = pipeline.read_lines_traced
 
     def failing(source, **kwargs):
-        for line, value in real(source, **kwargs):
+        for line, value, digest in real(source, **kwargs):
             if line == 7:
                 raise OSError(errno.EIO, "Input/output error")
-            yield line, value
+            yield line, value, digest
 
-    monkeypatch.setattr(pipeline, "read_lines", failing)
+    monkeypatch.setattr(pipeline, "read_lines_traced", failing)
     out = tmp_path / "out.jsonl"
     result = invoke("annotate", posts, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0", "-b", "2")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -117,7 +117,8 @@ def test_a_second_run_on_a_locked_output_fails_fast(posts, reference, tiny_text_
         assert not out.exists() and not partial_path(out).exists()
     result = invoke("annotate", posts, "-o", out, "-m", tiny_text_only_ner, "--num-workers", "0")
     assert result.exit_code == 0 and out.read_bytes() == reference
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.run.json"]  # lock file removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.run.json",  # lock file removed
+                                                          "out.jsonl.run.lines"]
 
 
 @pytest.mark.parametrize("step", ["flock", "_same_file", "ftruncate"])
@@ -174,7 +175,7 @@ def _interrupted_run(posts: Path, out: Path, model: Path, lines: int = 5) -> Non
 
 
 @pytest.mark.parametrize("change, needle", [
-    ("edit", "is not the input"),
+    ("edit", "is not the line its kept record was made from"),
     ("model", "made with model"),
     ("option", "options differ"),
     ("no-run-file", "is missing"),
@@ -280,6 +281,8 @@ def test_a_full_disk_cuts_the_partial_back_and_resume_continues(posts, reference
     calls = []
 
     def filling_up(fd, data):
+        if not data.startswith(b"{"):  # the line digests (OUTPUT.run.lines) go first; they fit
+            return real(fd, data)
         calls.append(data.count(b"\n"))
         if len(calls) == 1:  # the first flush gets half its bytes on disk, then the disk is full
             os.write(fd, data[: len(data) // 2])

@@ -98,7 +98,8 @@ def _attach_image(prepared: Prepared, settings: PrepareSettings) -> Prepared | S
     post = prepared.post
     max_bytes = settings.max_image_bytes or DEFAULT_MAX_IMAGE_BYTES
     try:
-        path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root)
+        path = resolve_image_path(post.image, base_dir=settings.base_dir, image_root=settings.image_root,
+                                  confine=settings.confine_images)
         if settings.image_size is None:
             check_image(path, max_bytes=max_bytes)
         else:  # uint8 until its batch is built (4x less memory per queued photo); normalised in `flow.AnnotationSession._visual_tokens`

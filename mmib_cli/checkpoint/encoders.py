@@ -95,9 +95,12 @@ def text_encoder_location(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if source == "minilm-l6":
         return str(minilm_dir()), {"local_files_only": True}
     if source == "path":
-        path = Path(spec["path"])
-        if not path.is_dir():
+        path = Path(str(spec.get("path") or ""))
+        if not str(spec.get("path") or "") or not path.is_dir():
             raise EncoderUnavailable(f"text encoder directory {path} does not exist")
+        if not (path / "config.json").is_file():
+            raise EncoderUnavailable(f"text encoder directory {path} is not a Hugging Face model directory (it has "
+                                     "no config.json); fix text_encoder.path in the checkpoint's config.json")
         return str(path), {"local_files_only": True}
     if source == "hub":
         from mmib_cli.offline import is_offline
@@ -122,6 +125,9 @@ def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any]:
     except OSError as exc:
         hint = " (offline: run once with --online or MMIB_OFFLINE=0 to cache it)" if kwargs.get("local_files_only") else ""
         raise EncoderUnavailable(f"cannot load text encoder {location!r}{hint}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged model directory: ValueError, KeyError, IndexError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EncoderUnavailable(f"cannot load text encoder {location!r}: {type(exc).__name__}: {reason}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise EncoderUnavailable(f"text encoder {location!r} has no fast tokenizer (tokenizer.json / vocab.txt)")
     return model, tokenizer

@@ -66,6 +66,11 @@ def _normalise_tag(tag: str) -> str:
     return tag
 
 
+def normalise_tag(tag: str) -> str:
+    """A tag as `read_conll` reads it (`B-OTHER` -> `B-MISC`, WNUT-17 types -> MMIB types); not checked."""
+    return _normalise_tag(tag)
+
+
 def is_readable_tag(tag: str) -> bool:
     """Whether `read_conll` accepts `tag` (an MMIB tag, or one of its aliases such as `B-OTHER` or a WNUT-17 type)."""
     return _normalise_tag(tag) in NER_LABELS

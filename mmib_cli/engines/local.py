@@ -26,12 +26,12 @@ from mmib_cli.annotation.preprocess import prepare
 from mmib_cli.choices import Engine
 from mmib_cli.engines import engine
 from mmib_cli.console import Progress
-from mmib_cli.errors import ExitCode, InputUnreadable, MMIBError, OutputClosed
-from mmib_cli.io.jsonl import is_stream_input, read_lines
+from mmib_cli.errors import ExitCode, InputUnreadable, MMIBError, OutputClosed, ResumeMismatch
+from mmib_cli.io.jsonl import is_stream_input, read_lines_traced
 from mmib_cli.io.records import ErrorRecord, post_id
 from mmib_cli.io.writer import AtomicJSONLWriter
 from mmib_cli.runs import ChunkRule, PrepareSettings, RunOptions, RunSummary
-from mmib_cli.runs.provenance import ModelInfo, RunFingerprint, describe_model, run_info_path
+from mmib_cli.runs.provenance import ModelInfo, ResumeCheck, RunFingerprint, describe_model, run_info_path
 from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class _ChunkSource(IterableDataset):
                  done: frozenset[int] = frozenset()) -> None:
         self.opts, self.settings, self.rule, self.done = opts, settings, rule, done
         self.max_images = rule.max_images if settings.image_size is not None else None
+        self.kept: dict[int, str | None] = {}  # resumed lines -> digest of the line they were made from (_read sets)
 
     def _size(self, index: int) -> int:
         if not self.rule.first or index >= 32:
@@ -58,26 +59,61 @@ class _ChunkSource(IterableDataset):
     def _has_image(self, obj: Any) -> bool:
         return isinstance(obj, dict) and obj.get(self.settings.image_field) is not None
 
-    def __iter__(self) -> Iterator[list | bytes]:
+    def _lines(self, marks: dict[int, str | None]) -> Iterator[tuple[int, Any]]:
+        """The lines to annotate; each line's digest goes to `marks`, and kept lines are proven (`ResumeCheck`)."""
+        check = ResumeCheck(self.kept or {line: None for line in self.done}, self.opts.output)
+        latest: dict[int, str | None] = {}  # the digest of the line just read (only selected lines are kept)
+
+        def traced() -> Iterator[tuple[int, Any]]:
+            for line, value, digest in read_lines_traced(self.opts.input_path):
+                check.see(line, digest)
+                latest.clear()
+                latest[line] = digest
+                yield line, value
+            check.finish()
+
+        for line, value in self.opts.select(traced(), self.done):
+            check.selected(line)
+            marks[line] = latest.get(line)
+            yield line, value
+
+    def __iter__(self) -> Iterator[tuple[list | bytes, dict[int, str | None]] | _Refusal]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         chunk: list[tuple[int, Any]] = []
+        marks: dict[int, str | None] = {}
         index = images = 0
-        for item in self.opts.select(read_lines(self.opts.input_path), self.done):
-            chunk.append(item)
-            if self.max_images is not None and self._has_image(item[1]):
-                images += 1
-            if len(chunk) >= self._size(index) or (self.max_images is not None and images >= self.max_images):
-                images = 0
-                if index % workers == worker:
-                    yield self._prepare(chunk, in_worker=info is not None)
-                chunk, index = [], index + 1
+        try:
+            for item in self._lines(marks):
+                chunk.append(item)
+                if self.max_images is not None and self._has_image(item[1]):
+                    images += 1
+                if len(chunk) >= self._size(index) or (self.max_images is not None and images >= self.max_images):
+                    images = 0
+                    if index % workers == worker:
+                        yield self._prepare(chunk, in_worker=info is not None), _marks_of(chunk, marks)
+                    marks.clear()
+                    chunk, index = [], index + 1
+        except ResumeMismatch as exc:  # sent as a value: a worker's exception would reach the user wrapped
+            yield _Refusal(str(exc))
+            return
         if chunk and index % workers == worker:
-            yield self._prepare(chunk, in_worker=info is not None)
+            yield self._prepare(chunk, in_worker=info is not None), _marks_of(chunk, marks)
 
     def _prepare(self, chunk: list[tuple[int, Any]], *, in_worker: bool) -> list | bytes:
         prepared = [prepare(line, obj, self.settings) for line, obj in chunk]
         return _pack(chunk, prepared, self.settings) if in_worker else prepared
+
+
+class _Refusal(NamedTuple):
+    """`--resume` found a kept record that the current input does not prove (the message of the ResumeMismatch)."""
+
+    message: str
+
+
+def _marks_of(chunk: list[tuple[int, Any]], marks: dict[int, str | None]) -> dict[int, str | None]:
+    """The input-line digests of a chunk's lines (what the writer records next to their records)."""
+    return {line: marks.get(line) for line, _ in chunk}
 
 
 class _Reprepare(NamedTuple):
@@ -205,7 +241,9 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
         if fingerprint is not None and writer.path is not None:
             fingerprint.write(run_info_path(writer.path))
 
-    writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume, on_open=record_provenance)
+    writer = AtomicJSONLWriter(opts.output, force=opts.force, resume=opts.resume, on_open=record_provenance,
+                               line_digests=True)
+    summary.kept_errors = writer.kept_errors  # the exit code counts the kept error records too
     try:
         with writer:
             model = describe_model(opts.model, online=opts.online) if annotator is None else _describe(annotator)
@@ -278,14 +316,19 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter,
     """The prepared chunks in input order; a failure of the reader or of a worker process ends the run, after
     `before_abort` has finished the posts already read.
 
+    Each chunk's input-line digests go to the writer (`expect`) before its records; a resumed output is proven
+    against the input as it is read (`ResumeCheck`).
+
     Raises:
         InputUnreadable: reading or preparing the input failed (an I/O error, a worker that died); the complete
             lines are kept in `OUTPUT.partial`.
+        ResumeMismatch: a kept record does not answer the current input's line.
     """
+    source.kept = writer.done_digests
     chunks = _chunks(source, workers)
     while True:
         try:
-            chunk = next(chunks)
+            item = next(chunks)
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - any reader/worker failure is fatal, never a silent loss
@@ -297,5 +340,9 @@ def _read(source: _ChunkSource, workers: int, writer: AtomicJSONLWriter,
             writer.abort()
             reason = exc if isinstance(exc, MMIBError) else f"{type(exc).__name__}: {exc}"
             raise InputUnreadable(f"reading {source.opts.input_path} failed ({reason}); {_kept(writer)}") from exc
+        if isinstance(item, _Refusal):
+            writer.abort()
+            raise ResumeMismatch(item.message)
+        chunk, marks = item
+        writer.expect(marks)
         yield _unpack(chunk, source.settings)
-

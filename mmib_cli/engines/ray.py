@@ -225,16 +225,25 @@ def _write_shard(batch: Mapping[str, np.ndarray], *, output: str) -> dict[str, n
     fs, root = _filesystem(output)
     temporary = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
-        with fs.open_output_stream(temporary) as out:
+        if is_uri(output):
+            with fs.open_output_stream(temporary) as out:
+                for i in order:
+                    data = bytes(records[i])
+                    out.write(data)
+                    summary.count(json.loads(data))
+            fs.move(temporary, f"{root}/{name}")  # a retried task rewrites the same name
+        else:  # a local directory: the one output-safety path (a new temporary file, never a planted link)
+            from mmib_cli.io.safefile import write_atomic
+
+            data = b"".join(bytes(records[i]) for i in order)
             for i in order:
-                data = bytes(records[i])
-                out.write(data)
-                summary.count(json.loads(data))
-        fs.move(temporary, f"{root}/{name}")  # a retried task rewrites the same name
-    except OSError as exc:  # a full disk, a lost mount: one clear line on the driver, no half shard left behind
+                summary.count(json.loads(bytes(records[i])))
+            write_atomic(Path(root) / name, data, temporary=temporary, fsync=False)
+    except (OSError, MMIBError) as exc:  # a full disk, a lost mount: one clear line on the driver, no half shard
         with contextlib.suppress(OSError):
             fs.delete_file(temporary)
-        raise OutputWriteError(f"cannot write shard {root}/{name}: {exc.strerror or exc}") from exc
+        reason = getattr(exc, "strerror", None) or str(exc).rpartition(": ")[2] or exc
+        raise OutputWriteError(f"cannot write shard {root}/{name}: {reason}") from exc
     return {"file": np.array([name], dtype=object), "summary": np.array([json.dumps(summary.counts())], dtype=object)}
 
 
@@ -370,8 +379,12 @@ def _output_lock(output: str) -> Any:
     """The exclusive lock of a local output directory (`OUTPUT_DIR.lock`); none for a URI."""
     if is_uri(output):
         return nullcontext()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    return OutputLock(Path(output))
+    from mmib_cli.io.safefile import check_output_name, output_target
+
+    target = output_target(output)  # a symlinked OUTPUT_DIR is followed; its lock sits next to the target
+    check_output_name(target, (".lock",))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return OutputLock(target)
 
 
 def _run(opts: RunOptions, ray_options: RayOptions, summary: RunSummary) -> None:

@@ -4,7 +4,7 @@ Only regular files are read (a FIFO, a device such as ``/dev/zero`` or a directo
 byte, so nothing blocks or reads forever), and at most ``DEFAULT_MAX_IMAGE_BYTES`` of them.
 
 Failures raise ``ImageError`` (an ``InvalidInput``) whose ``error_type`` is ``ImageNotFound``, ``ImageUnreadable``,
-``ImageTooLarge`` or ``DecompressionBomb``; the annotator turns them into error records or drops the image, as
+``ImageTooLarge``, ``DecompressionBomb`` or ``ImageOutsideRoot`` (a confined path that leads out of its root); the annotator turns them into error records or drops the image, as
 configured.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "load_image",
     "normalize_pixels",
     "open_rgb",
+    "open_thumbnail",
     "read_image_file",
     "resize_size",
     "resolve_image_path",
@@ -71,29 +72,46 @@ class ImageError(InputError):
         super().__init__(message, error_type=error_type)
 
 
-def resolve_image_path(image: str, *, base_dir: Path, image_root: Path | None = None) -> Path:
+def resolve_image_path(image: str, *, base_dir: Path, image_root: Path | None = None,
+                       confine: bool = False) -> Path:
     """Turn an input record's image field into a path (existence is checked by ``load_image``).
 
     Args:
         image: the path as written in the input (``~`` is expanded).
         base_dir: folder of the input file (the current directory for stdin).
         image_root: folder that relative paths are resolved against instead of ``base_dir``.
+        confine: refuse a path that, resolved (``..`` and symlinks followed), lies outside the image root
+            (``image_root``, else ``base_dir``): posts from the internet may name any file (``/etc/...``, ``../``,
+            a symlink out of the folder).
 
     Returns:
-        ``image`` itself when absolute, else joined to ``image_root`` (if given) or ``base_dir``.
+        ``image`` itself when absolute, else joined to ``image_root`` (if given) or ``base_dir``; with ``confine``,
+        the resolved path.
 
     Raises:
-        ImageError: (``ImageNotFound``) the value is a URL: only local files are read.
+        ImageError: (``ImageNotFound``) the value is a URL: only local files are read; (``ImageOutsideRoot``) with
+            ``confine``, the path resolves outside the image root.
     """
     if _URL_RE.match(image):
         raise ImageError(
             f"image {image!r} is a URL; mmib reads local files only: download it and give its path",
             error_type="ImageNotFound",
         )
+    root = Path(image_root if image_root is not None else base_dir)
     path = Path(image).expanduser()
-    if path.is_absolute():
+    path = path if path.is_absolute() else root / path
+    if not confine:
         return path
-    return Path(image_root if image_root is not None else base_dir) / path
+    try:
+        real, real_root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        raise ImageError(f"image {_shown(Path(image))} cannot be resolved ({type(exc).__name__})",
+                         error_type="ImageOutsideRoot") from exc
+    if real != real_root and real_root not in real.parents:
+        raise ImageError(f"image {_shown(Path(image))} is outside the image root {_shown(real_root)} (an absolute "
+                         "path, ../ or a symlink out of it); only files under the root are read unless image "
+                         "confinement is turned off for trusted input", error_type="ImageOutsideRoot")
+    return real
 
 
 def _kind(mode: int) -> str:
@@ -203,9 +221,30 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, path: Path) -> None:
         )
 
 
+def _reduced(im: Image.Image, size: int) -> Image.Image:
+    """`im` shrunk by the largest integer factor that keeps its longest side at least `size` (box averaging), before
+    any mode conversion, so a thumbnail never converts the full-size pixels (16-bit ones included)."""
+    factor = max(im.size) // size if size > 0 else 1
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):  # Pillow cannot reduce these: average blocks in numpy (2 bytes per pixel copy)
+        pixels = np.asarray(im)
+        height, width = (max(1, n // factor) for n in pixels.shape[:2])
+        if pixels.shape[0] < factor or pixels.shape[1] < factor:
+            block = pixels[::factor, ::factor]
+        else:
+            block = pixels[:height * factor, :width * factor].reshape(height, factor, width, factor).mean(
+                axis=(1, 3), dtype=np.float32)
+        return Image.fromarray(np.rint(block).astype(np.uint16))
+    if im.mode in ("1", "P", "PA"):
+        im = im.convert("RGBA" if im.mode != "1" else "L")
+    return im.reduce(factor)
+
+
 def _decode(path: Path, max_pixels: int, max_bytes: int, *, draft_size: int | None,
-            load: bool) -> Image.Image | None:
-    """Read ``path`` (``read_image_file``), parse its header, check its pixel count, and decode it when ``load``."""
+            load: bool, thumbnail: int | None = None) -> Image.Image | None:
+    """Read ``path`` (``read_image_file``), parse its header, check its pixel count, and decode it when ``load``
+    (shrunk towards ``thumbnail`` pixels before any conversion when given)."""
     data = read_image_file(path, max_bytes=max_bytes)
     try:
         with warnings.catch_warnings():
@@ -217,6 +256,9 @@ def _decode(path: Path, max_pixels: int, max_bytes: int, *, draft_size: int | No
                 if draft_size and im.format in ("JPEG", "MPO"):
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
+                if thumbnail:
+                    shrunk = _reduced(im, thumbnail)
+                    return to_rgb(_upright(shrunk, path))
                 return to_rgb(_upright(im, path))
     except ImageError:
         raise
@@ -255,6 +297,28 @@ def open_rgb(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_si
     """
     image = _decode(Path(path), max_pixels, max_bytes, draft_size=draft_size, load=True)
     assert image is not None
+    return image
+
+
+THUMBNAIL_MAX_PIXELS = 50_000_000
+"""Largest image (width x height) `open_thumbnail` decodes: decoding holds at most 4 bytes per pixel (200 MB) plus,
+for 16-bit pictures, a 2-byte copy; larger pictures are refused (``DecompressionBomb``) instead of decoded."""
+
+
+def open_thumbnail(path: Path | str, size: int, *, max_pixels: int = THUMBNAIL_MAX_PIXELS,
+                   max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    """An RGB picture of at most `size` pixels on its longest side, decoded with a memory bound.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale (draft mode); any picture is shrunk by an integer factor (box
+    average) right after decoding, before its mode is converted, so memory is bounded by ``max_pixels`` times the
+    decoded bytes per pixel, not by the conversions (a 16-bit PNG is never turned into float64 at full size).
+
+    Raises:
+        ImageError: as ``open_rgb``; ``DecompressionBomb`` over ``max_pixels``.
+    """
+    image = _decode(Path(path), max_pixels, max_bytes, draft_size=size, load=True, thumbnail=size)
+    assert image is not None
+    image.thumbnail((size, size))
     return image
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -35,7 +36,7 @@ from mmib_cli.io.records import ErrorRecord, SkippedRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_LINE", "DEFAULT_MAX_LINE_BYTES", "MAX_NESTING", "dumps_line", "input_base_dir", "is_stream_input",
+__all__ = ["BLANK_LINE", "DEFAULT_MAX_LINE_BYTES", "LINE_DIGEST_CHARS", "read_lines_traced", "MAX_NESTING", "dumps_line", "input_base_dir", "is_stream_input",
            "open_input", "read_lines"]
 
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -48,6 +49,9 @@ recursion limit on it."""
 
 BLANK_LINE = "blank line"
 """``skipped.reason`` of an empty or whitespace-only input line."""
+
+LINE_DIGEST_CHARS = 32
+"""Hex digits kept of each input line's sha256 (128 bits): what `--resume` checks a kept record against."""
 
 _CHUNK = 1 << 20
 _EXCERPT = 60
@@ -68,10 +72,17 @@ def _excerpt(line: bytes | str) -> str:
     return repr(text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "...")
 
 
-def _physical_lines(stream: IO[Any], max_bytes: int | None, name: str) -> Iterator[tuple[int, bytes | str | None]]:
-    """Yield ``(line_number, line)`` for every physical line; ``None`` for a line longer than ``max_bytes``.
+def _line_digest(digest: Any) -> str:
+    return digest.hexdigest()[:LINE_DIGEST_CHARS]
 
-    An over-long line is skipped in chunks, so memory stays bounded by ``max_bytes``.
+
+def _physical_lines(stream: IO[Any], max_bytes: int | None,
+                    name: str) -> Iterator[tuple[int, bytes | str | None, str | None]]:
+    """Yield ``(line_number, line, digest)`` for every physical line; ``None`` for a line longer than ``max_bytes``.
+
+    ``digest`` is the line's ``LINE_DIGEST_CHARS``-hex-digit sha256 prefix over its bytes, newline included, or
+    None for a last line without its newline (a line still being written: not yet a line of the input). An
+    over-long line is skipped in chunks, so memory stays bounded by ``max_bytes``.
 
     Raises:
         InputUnreadable: the stream fails part-way (corrupt or truncated compressed data, an I/O error).
@@ -84,19 +95,26 @@ def _physical_lines(stream: IO[Any], max_bytes: int | None, name: str) -> Iterat
                 return
             number += 1
             newline = b"\n" if isinstance(line, bytes) else "\n"
+            digest = hashlib.sha256(_as_bytes(line))
             if max_bytes is not None and len(line) > max_bytes and not line.endswith(newline):
+                rest = line
                 while True:  # discard the rest of the over-long line
                     rest = stream.readline(_CHUNK)
+                    digest.update(_as_bytes(rest))
                     if not rest or rest.endswith(newline):
                         break
-                yield number, None
+                yield number, None, _line_digest(digest) if rest else None
                 continue
-            yield number, line
+            yield number, line, _line_digest(digest) if line.endswith(newline) else None
     except _READ_ERRORS as exc:
         raise InputUnreadable(
             f"cannot read input {name} after line {number}: {type(exc).__name__}: {exc} (a truncated or corrupt "
             "compressed file?); the lines before it were read"
         ) from exc
+
+
+def _as_bytes(line: bytes | str) -> bytes:
+    return line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
 
 
 class _Prefixed(io.RawIOBase):
@@ -159,6 +177,8 @@ def open_input(source: Source) -> Iterator[IO[Any]]:
     with contextlib.ExitStack() as stack:
         if isinstance(source, (str, os.PathLike)):
             if str(source) == "-":
+                if sys.stdin is None:  # started with stdin closed (`<&-`)
+                    raise InputUnreadable("INPUT is - but stdin is closed: give a file, or pipe posts into mmib")
                 raw: IO[Any] = getattr(sys.stdin, "buffer", sys.stdin)
             else:
                 raw = stack.enter_context(open(source, "rb"))
@@ -275,17 +295,33 @@ def read_lines(
         OSError: the source path cannot be opened (raised on the first ``next``).
         InputUnreadable: the input fails part-way (truncated or corrupt compressed data, an I/O error).
     """
+    for number, item, _ in read_lines_traced(source, max_line_bytes=max_line_bytes, max_depth=max_depth):
+        yield number, item
+
+
+def read_lines_traced(
+    source: Source,
+    *,
+    max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+    max_depth: int = MAX_NESTING,
+) -> Iterator[tuple[int, Item, str | None]]:
+    """``read_lines`` with each line's digest: ``(line_number, item, digest)``.
+
+    ``digest`` is the sha256 prefix (``LINE_DIGEST_CHARS`` hex digits) of the line's bytes as read (after
+    decompression), newline included, computed as the line is read; None for a last line without its newline,
+    which a producer may still be writing (`--resume` redoes such a line).
+    """
     name = str(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", "stream"))
     with open_input(source) as stream:
-        for number, line in _physical_lines(stream, max_line_bytes, name):
+        for number, line, digest in _physical_lines(stream, max_line_bytes, name):
             if line is None:
                 yield number, ErrorRecord(
                     number, number, "InvalidInput", f"line {number}: longer than {max_line_bytes} bytes; skipped"
-                )
+                ), digest
             elif not line.strip():
-                yield number, SkippedRecord(number, number, BLANK_LINE)
+                yield number, SkippedRecord(number, number, BLANK_LINE), digest
             else:
-                yield number, _parse(number, line, max_depth)
+                yield number, _parse(number, line, max_depth), digest
 
 
 def dumps_line(record: Mapping[str, Any] | ErrorRecord | SkippedRecord) -> bytes:

@@ -1,5 +1,8 @@
 """An exclusive, non-blocking lock on an output path for the whole run (`OUTPUT.lock`, fcntl.flock).
 
+The lock file is opened without following a link and checked (`io.safefile.open_existing`): a symlink or a hard
+link planted at `OUTPUT.lock` is refused, so the `pid host` line is never written into another file.
+
 The lock file holds `pid host` of the holder, so a second run can say who holds it. The kernel releases a flock when
 its holder exits, however it exits (SIGKILL included), so a stale lock file never blocks a later run. The holder
 removes the file on release; a run that locked a file another run had just removed notices it (the path no longer
@@ -14,6 +17,7 @@ import socket
 from pathlib import Path
 
 from mmib_cli.errors import MMIBError, OutputLocked
+from mmib_cli.io.safefile import UnsafeOutput, display_path, open_existing
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +51,14 @@ class OutputLock:
         A signal (`Interrupted`) at any point leaves no lock file behind that this run created or held.
         """
         while self._fd is None:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise MMIBError(f"cannot write output {self.output}: cannot create {self.path.name} in "
-                                f"{self.path.parent}: {exc.strerror or exc}") from exc
+            try:  # never through a link planted at OUTPUT.lock (see io.safefile)
+                fd = open_existing(self.path, flags=os.O_RDWR, create=True)
+            except UnsafeOutput:
+                raise
+            except MMIBError as exc:
+                raise MMIBError(f"cannot write output {display_path(self.output)}: cannot create "
+                                f"{display_path(self.path.name)} in {display_path(self.path.parent)}: "
+                                f"{str(exc).rpartition(': ')[2]}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = _same_file(fd, self.path)  # else the previous holder removed it: lock the new one

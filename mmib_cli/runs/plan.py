@@ -79,14 +79,37 @@ def _check_input_path(input_path: str) -> None:
         raise UsageError(f"input {input_path} is not readable (permission denied)")
 
 
-def _same_file(input_path: str, output: str) -> bool:
-    """Whether OUTPUT names INPUT (the same file, through a symlink or a hard link too)."""
-    if "-" in (input_path, output) or is_uri(input_path) or is_uri(output):
-        return False
-    try:
-        return os.path.samefile(input_path, output)
-    except OSError:  # the output does not exist yet
-        return False
+def _check_not_input(input_path: str, output: str, output_kind: str) -> None:
+    """Refuse an output (or a file next to it) that is the input, and an input inside an output directory."""
+    from mmib_cli.io.safefile import output_target, refuse_same_file
+    from mmib_cli.io.writer import SIDECAR_SUFFIXES
+
+    if is_uri(input_path) or is_uri(output):
+        return
+    if output_kind == "directory":
+        if input_path != "-" and output != "-":
+            root, source = output_target(output), output_target(input_path)
+            if root == source or root in source.parents:
+                raise UsageError(f"input {input_path} is inside the output directory {output}, whose shards "
+                                 "this run replaces: give another -o")
+        return
+    if output == "-":
+        refuse_same_file([input_path], ["-"])
+        return
+    target = output_target(output)
+    refuse_same_file([input_path], [target, *(target.with_name(target.name + s) for s in SIDECAR_SUFFIXES)])
+
+
+def _check_stdio(input_path: str, output: str) -> None:
+    """`-` needs an open stdin / stdout (a scheduler may start mmib with them closed: `<&-`, `>&-`)."""
+    import sys
+
+    from mmib_cli.errors import InputUnreadable, MMIBError
+
+    if input_path == "-" and sys.stdin is None:
+        raise InputUnreadable("INPUT is - but stdin is closed (<&-): give a file, or pipe posts into mmib")
+    if output == "-" and sys.stdout is None:
+        raise MMIBError("-o - writes to stdout, but stdout is closed (>&-): give -o FILE")
 
 
 def is_uri(path: str) -> bool:
@@ -128,6 +151,7 @@ class RunOptions:
     num_workers: int | None = None
     on_missing_image: OnMissingImage = OnMissingImage.TEXT_ONLY
     image_root: str | None = None
+    confine_images: bool = False
     id_field: str = "id"
     text_field: str = "text"
     image_field: str = "image"
@@ -185,8 +209,8 @@ class RunOptions:
         if self.resume and self.input_path == "-":
             raise UsageError("--resume needs INPUT to be a regular file it can check against the interrupted run, "
                              "not stdin")
-        if traits.output == "file" and _same_file(self.input_path, self.output):
-            raise UsageError(f"output {self.output} is the input file: give another -o")
+        _check_not_input(self.input_path, self.output, traits.output)
+        _check_stdio(self.input_path, self.output)
         if traits.uris:  # workers may run in another directory
             for key in ("input_path", "output", "image_root"):
                 value = getattr(self, key)
@@ -215,7 +239,8 @@ class RunOptions:
         base_dir = Path.cwd() if is_uri(self.input_path) else input_base_dir(self.input_path)
         return {"id_field": self.id_field, "text_field": self.text_field, "image_field": self.image_field,
                 "base_dir": base_dir, "on_missing_image": self.on_missing_image,
-                "image_root": Path(self.image_root) if self.image_root else None}
+                "image_root": Path(self.image_root) if self.image_root else None,
+                "confine_images": self.confine_images}
 
     @property
     def chunk_rule(self) -> ChunkRule:

@@ -17,7 +17,8 @@ COUNTS = ("posts", "annotated", "entities", "relations", "errors", "skipped")
 
 @dataclass
 class RunSummary:
-    """Counts of one run; `exit_code` is 0, 3 (some error records) or 130/143 (interrupted)."""
+    """Counts of one run; `exit_code` is 0, 3 (some error records, kept ones of a resumed output included) or
+    130/143 (interrupted), so a resumed run exits as the uninterrupted run would."""
 
     posts: int = 0
     annotated: int = 0
@@ -26,6 +27,7 @@ class RunSummary:
     errors: int = 0
     skipped: int = 0
     resumed: int = 0
+    kept_errors: int = 0  # error records among the `resumed` lines
     seconds: float = 0.0
     exit_code: ExitCode = ExitCode.OK
     error_types: dict[str, int] = field(default_factory=dict)
@@ -62,7 +64,7 @@ class RunSummary:
     def finish(self, seconds: float) -> RunSummary:
         """Set the duration and the exit code (3 when some lines became error records), log the summary."""
         self.seconds = seconds
-        if self.exit_code == ExitCode.OK and self.errors:
+        if self.exit_code == ExitCode.OK and (self.errors or self.kept_errors):
             self.exit_code = ExitCode.PARTIAL
         logger.info("%s", self.line())
         if self.error_types:
@@ -77,4 +79,6 @@ class RunSummary:
                 f"{self.entities} entities, {self.relations} relations in {self.seconds:.1f}s ({rate:.1f} posts/s)")
         if self.resumed:
             text += f"; {self.resumed} lines already done before --resume"
+            if self.kept_errors:
+                text += f" ({self.kept_errors} of them error records)"
         return text

@@ -4,17 +4,18 @@ Generic: knows nothing about the model classes. Loading is safetensors-only; pic
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmib_cli.storage.verify import sha256_file
 from mmib_cli.errors import InvalidCheckpoint
+from mmib_cli.io.safefile import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -30,25 +31,28 @@ BUNDLE_COMPONENTS = ("ner", "re")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the mode a plain `open()` would (0666 less the umask; mkstemp uses 0600),
-    then rename it over `path`, so checkpoints in shared directories are readable by the team."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+def _temporary(path: Path) -> Path:
+    """A fresh temporary name next to `path` (created by `io.safefile.open_new`: O_EXCL, never through a link)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
-def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
-    """Write through a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
-            write(handle)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write(path: str | Path, data: bytes | str | Any) -> None:
+    """Write a checkpoint or training file through a new temporary file renamed over `path` (`io.safefile`).
+
+    Args:
+        path: the final name (a link planted there is replaced, its target never written).
+        data: bytes, text (UTF-8), or a function writing to a binary file object (`torch.save`).
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    write_atomic(path, payload, temporary=_temporary(path), mode=0o666)  # 0666 less the umask, as open() gives
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write text through `write(handle)` atomically (see `atomic_write`)."""
+    buffer = io.StringIO()
+    write(buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -78,7 +82,7 @@ def save_state(
         TypeError: config is not JSON-serialisable or a value is not a tensor.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,15 +104,10 @@ def save_state(
             tensor = tensor.clone()  # safetensors refuses tensors sharing memory
         seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
         tensors[name] = tensor
-    _atomic_write(directory / CONFIG_NAME, lambda handle: handle.write(config_text))
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        _publish(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / CONFIG_NAME, config_text)
+    # serialised in memory and written to a file this run created: safetensors' save_file would open a path by
+    # name, through whatever link sits there by then
+    atomic_write(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
     if card is not None:
         _atomic_write(directory / CARD_NAME, lambda handle: handle.write(card))
     logger.debug("saved %d tensors to %s", len(tensors), directory)
@@ -277,6 +276,9 @@ def checkpoint_files(directory: str | Path) -> dict[str, str]:
 
     Returns:
         relative '/'-separated path → sha256 hex, sorted by path.
+
+    Raises:
+        InvalidCheckpoint: a file cannot be read.
     """
     directory = Path(directory)
     found: dict[str, str] = {}
@@ -284,5 +286,8 @@ def checkpoint_files(directory: str | Path) -> dict[str, str]:
         rel = path.relative_to(directory)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        found[rel.as_posix()] = sha256_file(path)
+        try:
+            found[rel.as_posix()] = sha256_file(path)
+        except OSError as exc:  # an unreadable file (permissions, an I/O error, a link into /proc)
+            raise InvalidCheckpoint(f"cannot read checkpoint file {path}: {exc.strerror or exc}") from None
     return found

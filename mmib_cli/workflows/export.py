@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
@@ -31,7 +32,8 @@ from mmib_cli.workflows.report import LABEL_COLOURS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportFormat", "ExportOptions", "ExportResult", "ImageRefs", "conll_block_of", "export", "label_config",
+__all__ = ["ExportFormat", "ExportOptions", "ExportResult", "ImageRefs", "conll_block_of", "conll_sentence_of",
+           "export", "label_config",
            "label_studio_task", "model_relation_labels"]
 
 ENTITY_LABELS = ("PER", "LOC", "ORG", "MISC")
@@ -50,46 +52,74 @@ class ExportFormat(Choice):
 
 @dataclass
 class ImageRefs:
-    """How a record's `image` becomes `data.image`: as written, under a URL prefix, or a local-files URL."""
+    """How a record's `image` becomes `data.image`: as written, under a URL prefix, or a local-files URL.
+
+    With `confine` (the default of `mmib export`), a local image path that resolves (`..` and symlinks followed)
+    outside the image root (`image_root`, else the input's folder) gives no reference: posts come from the
+    internet and may name any file.
+    """
 
     base_dir: Path
     image_root: Path | None = None
     url_prefix: str | None = None
     local_files_root: Path | None = None
+    confine: bool = False
 
     def __post_init__(self) -> None:
         if self.url_prefix and self.local_files_root:
             raise UsageError("give either --image-url-prefix or --local-files-root, not both")
+        if self.url_prefix:
+            self.url_prefix = normalise_url_prefix(self.url_prefix)
 
     def reference(self, image: Any) -> str:
         """`data.image` for an output record's image field ("" when the post has none or it cannot be referenced).
 
         Raises:
-            ValueError: with `local_files_root`, the image lies outside it (Label Studio could not serve it).
+            ValueError: the image lies outside the image root (with `confine` or `url_prefix`) or outside
+                `local_files_root` (a URL there could not be served, or would point outside the prefix).
         """
         from mmib_cli.io.images import ImageError, resolve_image_path
 
         if not isinstance(image, str) or not image:
             return ""
-        if not self.url_prefix and not self.local_files_root:
-            return image
-        root = self.image_root or self.base_dir
+        root = Path(self.image_root or self.base_dir)
         try:
-            path = resolve_image_path(image, base_dir=self.base_dir, image_root=self.image_root)
-        except ImageError:  # a URL: already a reference Label Studio can load
-            return image
+            path = resolve_image_path(image, base_dir=self.base_dir, image_root=self.image_root,
+                                      confine=self.confine or bool(self.url_prefix))
+        except ImageError as exc:
+            if exc.error_type == "ImageOutsideRoot":
+                raise ValueError(str(exc)) from None
+            return image  # a URL: already a reference Label Studio can load
         if self.url_prefix:
-            try:
-                relative = path.resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError:
-                relative = Path(image).as_posix().lstrip("/")
-            return self.url_prefix.rstrip("/") + "/" + quote(relative)
-        assert self.local_files_root is not None
+            relative = path.relative_to(root.resolve()).as_posix()  # confined above: no `..` is left
+            return self.url_prefix + "/" + quote(relative)
+        if not self.local_files_root:
+            return image
         try:
             relative = path.resolve().relative_to(self.local_files_root.resolve()).as_posix()
         except ValueError:
             raise ValueError(f"image {path} is outside --local-files-root {self.local_files_root}") from None
         return LOCAL_FILES_URL + quote(relative, safe="/")
+
+
+def normalise_url_prefix(prefix: str) -> str:
+    """`--image-url-prefix` checked and normalised: an http(s) URL or an absolute path, its path without `..`,
+    `.` or a trailing `/`, no query or fragment (a relative image path appended to it stays under it).
+
+    Raises:
+        UsageError: another scheme, a relative path, a query or a fragment.
+    """
+    parts = urlsplit(prefix.strip())
+    if parts.scheme not in ("http", "https", "") or (parts.scheme and not parts.netloc):
+        raise UsageError(f"--image-url-prefix {prefix!r}: give an http(s) URL or a path starting with /")
+    if not parts.scheme and not parts.path.startswith("/"):
+        raise UsageError(f"--image-url-prefix {prefix!r}: give an http(s) URL or a path starting with /")
+    if parts.query or parts.fragment or "?" in prefix or "#" in prefix:
+        raise UsageError(f"--image-url-prefix {prefix!r}: a prefix has no query (?) or fragment (#)")
+    path = posixpath.normpath(unquote(parts.path or "/"))
+    path = "" if path in ("/", "//", ".") else quote(path.lstrip("/"), safe="/")
+    base = urlunsplit((parts.scheme, parts.netloc, "", "", "")) if parts.scheme else ""
+    return f"{base}/{path}" if path else base
 
 
 @dataclass
@@ -104,6 +134,7 @@ class ExportOptions:
     local_files_root: str | None = None
     limit: int | None = None
     force: bool = False
+    confine_images: bool = True
 
 
 @dataclass
@@ -165,10 +196,16 @@ def label_studio_task(record: dict[str, Any], *, image: str = "") -> dict[str, A
                                            "score": min(scores) if scores else 1.0, "result": result}]}
 
 
-def conll_block_of(record: dict[str, Any]) -> str:
-    """One annotated record in the CoNLL layout `mmib train ner` reads (`IMGID:<photo stem>` when it has a photo)."""
-    from mmib_cli.data.conll import ConllSentence, is_readable_tag
-    from mmib_cli.data.writers import conll_block
+def conll_sentence_of(record: dict[str, Any]) -> Any:
+    """The `ConllSentence` an annotated record is exported as, exactly as `read_conll` reads it back.
+
+    Raises:
+        ValueError: the record cannot be written so that it reads back the same (damaged tokens or tags, a word
+            that would read as a header, an image name with whitespace or control characters; see
+            `data.writers`).
+    """
+    from mmib_cli.data.conll import ConllSentence
+    from mmib_cli.data.writers import conll_sentence
 
     tokens, tags = record.get("tokens") or [], record.get("bio") or []
     where = f"line {record.get('line')}"
@@ -176,12 +213,24 @@ def conll_block_of(record: dict[str, Any]) -> str:
         raise ValueError(f"{where}: tokens and BIO tags must be lists of one length")
     if not tokens:
         raise ValueError(f"{where}: no words (a CoNLL sentence needs at least one)")
-    unreadable = [tag for tag in tags if not (isinstance(tag, str) and is_readable_tag(tag))]
-    if unreadable:
-        raise ValueError(f"{where}: BIO tag {unreadable[0]!r} is not one `mmib train ner` reads")
     words = [str(t.get("text", "")) if isinstance(t, dict) else str(t) for t in tokens]
     image = Path(record["image"]).stem if isinstance(record.get("image"), str) else None
-    return conll_block(ConllSentence(words, list(tags), image, int(record.get("line") or 0)))
+    line = record.get("line") if isinstance(record.get("line"), int) else 0
+    try:
+        return conll_sentence(ConllSentence(words, list(tags), image, line))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def conll_block_of(record: dict[str, Any]) -> str:
+    """One annotated record in the CoNLL layout `mmib train ner` reads (`IMGID:<photo stem>` when it has a photo).
+
+    Raises:
+        ValueError: see `conll_sentence_of`.
+    """
+    from mmib_cli.data.writers import conll_block
+
+    return conll_block(conll_sentence_of(record))
 
 
 def export(opts: ExportOptions) -> ExportResult:
@@ -193,10 +242,10 @@ def export(opts: ExportOptions) -> ExportResult:
         OSError: the input cannot be read or the output cannot be written.
     """
     fmt = ExportFormat.parse(opts.format, what="--format")
-    check_writable(opts.output, force=opts.force)
+    check_writable(opts.output, force=opts.force, inputs=[opts.input])
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     refs = ImageRefs(base_dir, Path(opts.image_root) if opts.image_root else None, opts.image_url_prefix,
-                     Path(opts.local_files_root) if opts.local_files_root else None)
+                     Path(opts.local_files_root) if opts.local_files_root else None, confine=opts.confine_images)
     items: list[Any] = []
     left_out = problems = 0
     for record in read_output(opts.input, limit=opts.limit):
@@ -218,7 +267,7 @@ def export(opts: ExportOptions) -> ExportResult:
             image = ""
         items.append(label_studio_task(record, image=image))
     text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
-    write_text_output(opts.output, text, force=opts.force)
+    write_text_output(opts.output, text, force=opts.force, inputs=[opts.input])
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,
                 left_out)
     return ExportResult(opts.output, len(items), left_out, problems)

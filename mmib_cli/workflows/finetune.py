@@ -136,6 +136,8 @@ def finetune(opts: Any, *, holdout: float = 0.2, use_predictions: bool = False) 
               for name in eval_sets}
     for name, s in scores.items():
         logger.info("%s: F1 %.2f before, %.2f after", name, s["before"]["f1"], s["after"]["f1"])
-    (out / "finetune.json").write_text(json.dumps({"init": opts.init, "corrections": counts, "scores": scores},
-                                                  indent=2, default=str) + "\n")
+    from mmib_cli.storage.format import atomic_write
+
+    atomic_write(out / "finetune.json", json.dumps({"init": opts.init, "corrections": counts, "scores": scores},
+                                                   indent=2, default=str) + "\n")
     return FinetuneResult(result, counts, scores)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
+from mmib_cli.io.safefile import display_path
 from mmib_cli.io.textfile import check_writable, write_text_output
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ReportOptions:
     page_size: int = 50
     title: str | None = None
     force: bool = False
+    confine_images: bool = True
 
 
 @dataclass
@@ -132,12 +134,11 @@ def thumbnail_uri(path: Path, size: int) -> str:
     """A JPEG thumbnail (longest side `size` px) of an image file as a ``data:`` URI.
 
     Raises:
-        ImageError: the file is missing, unreadable or too large (see ``open_rgb``).
+        ImageError: the file is missing, unreadable or too large (see ``open_thumbnail``).
     """
-    from mmib_cli.io.images import open_rgb
+    from mmib_cli.io.images import open_thumbnail
 
-    image = open_rgb(path, draft_size=size)
-    image.thumbnail((size, size))
+    image = open_thumbnail(path, size)  # memory-bounded: shrunk before any conversion, huge pictures refused
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=70, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -146,8 +147,8 @@ def thumbnail_uri(path: Path, size: int) -> str:
 class _Thumbnails:
     """Thumbnails by resolved path, each made once; failures are remembered as their message."""
 
-    def __init__(self, base_dir: Path, image_root: Path | None, size: int) -> None:
-        self.base_dir, self.image_root, self.size = base_dir, image_root, size
+    def __init__(self, base_dir: Path, image_root: Path | None, size: int, *, confine: bool = True) -> None:
+        self.base_dir, self.image_root, self.size, self.confine = base_dir, image_root, size, confine
         self.uris: list[str] = []
         self.index: dict[str, int] = {}
         self.problems: dict[str, str] = {}
@@ -159,8 +160,10 @@ class _Thumbnails:
         if not isinstance(image, str) or not image or self.size <= 0:
             return None, None
         try:
-            path = str(resolve_image_path(image, base_dir=self.base_dir, image_root=self.image_root))
-        except ImageError as exc:
+            path = str(resolve_image_path(image, base_dir=self.base_dir, image_root=self.image_root,
+                                          confine=self.confine))
+        except ImageError as exc:  # a URL, or a path out of the image root: counted like an unreadable picture
+            self.problems.setdefault(image, str(exc))
             return None, str(exc)
         if path not in self.index and path not in self.problems:
             try:
@@ -307,16 +310,18 @@ def build_report(opts: ReportOptions) -> ReportResult:
         OSError: the input cannot be read or the output cannot be written.
     """
     out = Path(opts.output)
-    check_writable(out, force=opts.force)
+    check_writable(out, force=opts.force, inputs=[opts.input])
     summary = Summary()
     records = select_records(read_output(opts.input, limit=opts.limit), summary, sample=opts.sample, seed=opts.seed)
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
-    thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size)
+    thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size,
+                         confine=opts.confine_images)
     views = [_view(record, thumbs) for record in records]
-    title = opts.title or f"mmib report: {Path(opts.input).name}"
+    title = opts.title or f"mmib report: {display_path(Path(opts.input).name)}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
-    write_text_output(out, page, force=opts.force)
+    write_text_output(out, page, force=opts.force, inputs=[opts.input])
     for path, problem in list(thumbs.problems.items())[:5]:
-        logger.warning("no thumbnail for %s: %s", path, problem)
-    logger.info("report %s: %d of %d posts shown, %d thumbnails", out, len(views), summary.posts, len(thumbs.uris))
+        logger.warning("no thumbnail for %s: %s", display_path(path), problem)
+    logger.info("report %s: %d of %d posts shown, %d thumbnails", display_path(out), len(views), summary.posts,
+                len(thumbs.uris))
     return ReportResult(out, summary, len(views), len(thumbs.uris), len(thumbs.problems))

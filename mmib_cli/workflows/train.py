@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmib_cli.checkpoint.assemble import LoadedModel, build_model, load_model, save_model
+from mmib_cli.storage.format import atomic_write
 from mmib_cli.choices import DEFAULT_DEVICE, DEFAULT_TRAIN_BATCH_SIZE, DType, ModelTask
 from mmib_cli.console import Progress
 from mmib_cli.data.datasets import Examples, WindowDataset, make_collate, read_examples
@@ -89,7 +90,28 @@ class TrainOptions:
                 overrides[key.strip()] = value
         options["train_files"] = list(options["train_files"])
         options["valid_files"] = list(options["valid_files"])
+        _check_outputs(options["output"], options["train_files"] + options["valid_files"])
         return cls(config=overrides, **options)
+
+
+OUTPUT_FILES = ("config.json", "model.safetensors", "README.md", "training_args.json", "metrics.json",
+                "finetune.json", "corrections/train.txt", "corrections/holdout.txt", f"{LAST_DIR}/config.json",
+                f"{LAST_DIR}/model.safetensors", f"{LAST_DIR}/trainer_state.pt", f"{LAST_DIR}/trainer_state.json")
+"""The files `mmib train -o OUTPUT` writes (or replaces) inside OUTPUT."""
+
+
+def _check_outputs(output: str | Path, inputs: list[str]) -> None:
+    """Refuse `-o OUTPUT` when a data file is one of the files training writes there (`io.safefile`).
+
+    Raises:
+        UsageError: an input is one of `OUTPUT_FILES`, or OUTPUT is a file.
+    """
+    from mmib_cli.io.safefile import output_target, refuse_same_file
+
+    out = output_target(output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {output} is a file: training writes a checkpoint directory")
+    refuse_same_file(inputs, [out / name for name in OUTPUT_FILES])
 
 
 @dataclass
@@ -410,19 +432,19 @@ def _record_epoch(state: dict[str, Any], epoch: int, totals: dict[str, float], b
 def _save(loaded: LoadedModel, out: Path, opts: TrainOptions) -> None:
     dtype = torch.float16 if opts.save_dtype == "float16" else None
     save_model(loaded, out, dtype=dtype)
-    (out / "training_args.json").write_text(json.dumps(asdict(opts), indent=2, default=str) + "\n")
+    atomic_write(out / "training_args.json", json.dumps(asdict(opts), indent=2, default=str) + "\n")
 
 
 def _write_metrics(out: Path, state: dict) -> None:
     """metrics.json: the best epoch's valid metrics (the saved checkpoint's) and the history of every epoch."""
     if not (out / "config.json").is_file():  # nothing saved yet
         return
-    (out / "metrics.json").write_text(json.dumps({"best_epoch": state["best_epoch"], "valid": state.get("best_valid"),
-                                                  "history": state["history"]}, indent=2) + "\n")
+    atomic_write(out / "metrics.json", json.dumps({"best_epoch": state["best_epoch"], "valid": state.get("best_valid"),
+                                                   "history": state["history"]}, indent=2) + "\n")
 
 
 def _save_last(loaded: LoadedModel, last_dir: Path, optimizer, scheduler, state: dict) -> None:
     save_model(loaded, last_dir)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               last_dir / "trainer_state.pt")
-    (last_dir / "trainer_state.json").write_text(json.dumps(state) + "\n")
+    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    atomic_write(last_dir / "trainer_state.pt", lambda handle: torch.save(trainer, handle))
+    atomic_write(last_dir / "trainer_state.json", json.dumps(state) + "\n")
