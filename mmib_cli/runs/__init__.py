@@ -24,9 +24,16 @@ def execute(opts: RunOptions, engine_options: Any = None) -> RunSummary:
         opts: the checked run options (`RunOptions.from_cli`).
         engine_options: what only that engine takes (`distributed.RayOptions` for Ray), or None.
 
+    Raises:
+        MMIBError: a usage error, an output that cannot be written, a model that cannot be resolved (found before
+            the engine is imported: `runs.preflight`), or the engine's own fatal errors.
+
     Returns:
         The run summary; its `exit_code` is the process exit code.
     """
+    from mmib_cli.runs.preflight import preflight
+
+    preflight(opts)  # every usage error before the engine, and torch, is imported
     module, _, function = ENGINE_TRAITS[opts.engine].runner.partition(":")
     runner = getattr(importlib.import_module(module), function)
     return runner(opts) if engine_options is None else runner(opts, engine_options)

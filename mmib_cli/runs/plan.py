@@ -16,6 +16,7 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PA
                               Command, DType, Engine, Mode, OnMissingImage)
 from mmib_cli.errors import InvalidCheckpoint, UsageError
 from mmib_cli.io.jsonl import input_base_dir
+from mmib_cli.io.sniff import sniff_input
 
 __all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ENGINE_TRAITS", "ChunkRule", "EngineTraits", "PrepareSettings",
            "RelationSettings", "RunOptions", "is_uri", "parse_shard"]
@@ -215,6 +216,7 @@ class RunOptions:
                 raise UsageError(f"{name} {value}: URIs need --engine ray")
         if not is_uri(self.input_path):
             _check_input_path(self.input_path)
+            sniff_input(self.input_path, text_field=self.text_field)  # a JSON array, CSV... before the model loads
         if self.resume and self.input_path == "-":
             raise UsageError("--resume needs INPUT to be a regular file it can check against the interrupted run, "
                              "not stdin")
