@@ -248,7 +248,7 @@ def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter,
     done = frozenset(line for line, _ in writer.done_lines)
     summary.resumed = len(done)
     source = _ChunkSource(opts, settings, opts.chunk_rule, done)
-    with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
+    with Progress(f"mmib {opts.task}", enabled=opts.progress, total=opts.progress_total(done)) as progress:
         for chunk in _read(source, workers, writer):
             for record in annotator.process(chunk, mode, relation_settings):
                 summary.count(writer.write(record))

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmib_cli.console import Progress, file_lines_total
 from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
 from mmib_cli.io.textfile import check_writable, write_text_output
 
@@ -309,10 +310,13 @@ def build_report(opts: ReportOptions) -> ReportResult:
     out = Path(opts.output)
     check_writable(out, force=opts.force)
     summary = Summary()
-    records = select_records(read_output(opts.input, limit=opts.limit), summary, sample=opts.sample, seed=opts.seed)
+    with Progress("mmib report: reading", total=file_lines_total(opts.input, opts.limit), unit="lines") as progress:
+        records = select_records(progress.iterate(read_output(opts.input, limit=opts.limit)), summary,
+                                 sample=opts.sample, seed=opts.seed)
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size)
-    views = [_view(record, thumbs) for record in records]
+    with Progress("mmib report: posts and photos", total=len(records)) as progress:
+        views = [_view(record, thumbs) for record in progress.iterate(records)]
     title = opts.title or f"mmib report: {Path(opts.input).name}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
     write_text_output(out, page, force=opts.force)

@@ -20,7 +20,8 @@ from mmib_cli.errors import UsageError
 from mmib_cli.io.jsonl import open_input, read_lines
 from mmib_cli.io.records import SkippedRecord
 
-__all__ = ["LIKELY_TEXT_FIELDS", "SNIFF_BYTES", "SNIFF_RECORDS", "InputSample", "sample_input", "sniff_input"]
+__all__ = ["LIKELY_TEXT_FIELDS", "SNIFF_BYTES", "SNIFF_RECORDS", "InputSample", "count_lines", "sample_input",
+           "sniff_input"]
 
 SNIFF_BYTES = 64 * 1024
 """How much of the (decompressed) input is looked at."""
@@ -174,3 +175,24 @@ def sniff_input(path: str, *, text_field: str = "text", option: str = "--text-fi
         count = "the only record" if len(parsed) == 1 else f"the first {len(parsed)} records"
         raise UsageError(f"{where}: {count} {'has' if len(parsed) == 1 else 'have'} no {text_field!r} field (keys: "
                          f"{shown}); {fix}")
+
+
+def count_lines(path: str, *, block: int = 1 << 20) -> int | None:
+    """Physical lines of a regular file (decompressed), as `read_lines` numbers them; None for stdin and pipes.
+
+    Meant for a progress total: reads the file once in `block`-sized pieces (run it in a background thread).
+    """
+    if path == "-" or "://" in path or not _is_regular(path):
+        return None
+    lines = 0
+    last = b"\n"
+    with open_input(path) as stream:
+        while True:
+            data = stream.read(block)
+            if not data:
+                break
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            lines += data.count(b"\n")
+            last = data[-1:]
+    return lines + (last != b"\n")
