@@ -22,14 +22,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.option("--online/--offline", default=None,
-              help="Allow the Hugging Face hub (default offline unless MMIB_OFFLINE=0).")
+              help="Allow the Hugging Face hub (default offline unless MMIB_OFFLINE=0; `download` goes online "
+                   "unless --offline or MMIB_OFFLINE=1).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> None:
     """Annotate social-media posts (text + photo) with entities and relations using MMIB."""
     from mmib_cli.console import setup_logging
-    from mmib_cli.offline import configure_network
+    from mmib_cli.offline import configure_network, network_choice
 
-    ctx.obj = {"online": configure_network(online), "verbose": verbose}
+    choice = network_choice(online)
+    ctx.obj = {"online": configure_network(online), "network_choice": choice, "verbose": verbose}
     setup_logging(-1 if quiet else verbose)
 
 
@@ -94,12 +96,18 @@ def download(obj: dict, model: str, revision: str | None, cache_dir: str | None,
              force: bool) -> None:
     """Fetch a checkpoint (registry name or hub id ORG/NAME[@REV]) into the local cache.
 
-    Example: mmib --online download org/mmib-twitter@v1.0
+    Goes online by itself, unless --offline or MMIB_OFFLINE=1 (then only the cache is checked).
+
+    Example: mmib download org/mmib-twitter@v1.0
     """
     from mmib_cli.checkpoint.resolve import fetch_model
+    from mmib_cli.offline import configure_network
 
+    online = obj.get("network_choice")
+    if online is None:  # nothing asked: this command's whole job is the network
+        online = configure_network(True)
     resolved = _run(fetch_model, model, revision=revision, cache_dir=cache_dir, token=token, force=force,
-                    online=obj.get("online"))
+                    online=online)
     click.echo(str(resolved.path))
 
 
