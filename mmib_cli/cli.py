@@ -11,7 +11,8 @@ import click
 from mmib_cli._version import __version__
 from mmib_cli.errors import ExitCode, MMIBError, UsageError
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
-from mmib_cli.options import choice, device_options, model_option, pipeline_options
+from mmib_cli.options import (RUN_EPILOG, RUN_SECTIONS, SectionedCommand, choice, device_options, model_option,
+                              pipeline_options)
 
 logger = logging.getLogger("mmib_cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -111,7 +112,7 @@ def download(obj: dict, model: str, revision: str | None, cache_dir: str | None,
     click.echo(str(resolved.path))
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand, sections=RUN_SECTIONS, epilog=RUN_EPILOG)
 @click.argument("input_path", metavar="INPUT")
 @pipeline_options
 @click.option("--relations/--no-relations", default=False, show_default=True,
@@ -126,7 +127,7 @@ def annotate(obj: dict, input_path: str, **options: Any) -> None:
     _annotate_command(obj, input_path, task="annotate", options=options)
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand, sections=RUN_SECTIONS, epilog=RUN_EPILOG)
 @click.argument("input_path", metavar="INPUT")
 @pipeline_options
 @click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "

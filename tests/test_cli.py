@@ -226,3 +226,24 @@ def test_a_clean_clone_stays_clean():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *products], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
     assert ignored == products
+
+
+@pytest.mark.parametrize("name", ["annotate", "relations"])
+def test_run_help_groups_its_options_and_ends_with_input_format_and_exit_codes(name):
+    from mmib_cli.options import RUN_SECTIONS
+
+    text = invoke(name, "--help", expect=0).stdout
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[:3] == ["Input and output", "Model", "Relations"], headings
+    assert headings.index("Performance") < headings.index("Engine (Ray)")
+    options = [p for p in cli.commands[name].params if isinstance(p, __import__("click").Option)]
+    for option in options:  # every option shown exactly once
+        assert sum(line.lstrip().startswith(tuple(option.opts)) for line in text.splitlines()) == 1, option.opts
+    grouped = {n for _, names in RUN_SECTIONS for n in names}
+    assert {o.name for o in options} - grouped <= {"help"}
+    assert "--engine" in text.split("Engine (Ray):")[1] and "--engine" not in text.split("Engine (Ray):")[0]
+    tail = text.split("Exit codes:")[1]
+    for code in ("0 ", "1 ", "2 ", "3 ", "130/143", "141"):
+        assert f"\n    {code}" in tail
+    assert "jq -c '.[]'" in text.split("Input:")[-1]
+    assert all(len(line) <= 100 for line in text.splitlines())
