@@ -58,6 +58,10 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context(silent=True)
         if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
             raise
+        from mmib_cli.stack import broken_install, is_broken_install
+
+        if is_broken_install(exc):  # a torch/torchvision mismatch is not a bug in mmib: say what to install
+            _fail(broken_install(exc))
         click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
         sys.exit(int(ExitCode.FATAL))
 
@@ -67,12 +71,20 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
 def info(as_json: bool) -> None:
     """Show versions, devices, where checkpoints are looked up and which embedded ones are present.
 
+    Also checks that the installed stack really works (a torchvision operator, a tiny BERT forward): exit 1, with
+    the cause and the command that fixes it, when it does not.
+
     Example: mmib info --json
     """
     from mmib_cli.info import collect_info, render_info
 
     facts = _run(collect_info)
     click.echo(json.dumps(facts, indent=2) if as_json else render_info(facts))
+    broken = [check for check in facts["stack"] if not check["ok"]]
+    for check in broken:
+        click.echo(f"Error: {check['name']} is broken: {check['detail']}; fix: {check['fix']}", err=True)
+    if broken:
+        sys.exit(int(ExitCode.FATAL))
 
 
 @cli.command()

@@ -247,3 +247,50 @@ def test_run_help_groups_its_options_and_ends_with_input_format_and_exit_codes(n
         assert f"\n    {code}" in tail
     assert "jq -c '.[]'" in text.split("Input:")[-1]
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def _torchvision_mismatch(monkeypatch):
+    """Simulate a torchvision built for another torch: its operators are missing, as after a half upgrade."""
+    import torchvision.ops
+
+    from mmib_cli import stack
+
+    def nms(*args, **kwargs):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(torchvision.ops, "nms", nms)
+    versions = {"torch": "2.14.1", "torchvision": "0.27.0"}
+    monkeypatch.setattr(stack, "installed_version", lambda name: versions.get(name, "1.0"))
+
+
+def test_info_checks_the_stack_runs_and_names_cause_and_fix(monkeypatch):
+    facts = json.loads(invoke("info", "--json", expect=0).stdout)
+    assert [c["name"] for c in facts["stack"]] == ["torch", "torchvision", "transformers", "files"]
+    assert all(c["ok"] for c in facts["stack"]) and "BertModel forward" in facts["stack"][2]["detail"]
+    _torchvision_mismatch(monkeypatch)
+    result = invoke("info", expect=1)
+    assert "stack: torchvision BROKEN" in result.stdout
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "torch 2.14.1 and torchvision 0.27.0 do not match" in error and "operator torchvision::nms" in error
+    assert 'pip install --force-reinstall "torch==2.14.1" "torchvision==0.29.*"' in error
+
+
+def test_annotate_reports_an_import_failure_as_a_broken_install(monkeypatch, tmp_path):
+    from mmib_cli.annotate import Annotator
+
+    _torchvision_mismatch(monkeypatch)
+
+    def from_pretrained(*args, **kwargs):
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as exc:
+            raise ModuleNotFoundError("Could not import module 'BertModel'. Are this object's requirements "
+                                      "defined correctly?") from exc
+
+    monkeypatch.setattr(Annotator, "from_pretrained", from_pretrained)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Obama visits Berlin"}\n')
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", expect=1)
+    assert "unexpected" not in result.stderr
+    assert "installed stack is broken: torch 2.14.1 and torchvision 0.27.0 do not match" in result.stderr
+    assert "pip install --force-reinstall" in result.stderr
