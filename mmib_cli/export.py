@@ -26,7 +26,8 @@ from xml.sax.saxutils import quoteattr
 from mmib_cli.choices import Choice
 from mmib_cli.console import Progress, file_lines_total
 from mmib_cli.errors import UsageError
-from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
+from mmib_cli.io.outputs import (OutputTally, field_mapping, field_objects, field_offset, field_score,
+                                 read_output)
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.report import LABEL_COLOURS
 
@@ -200,8 +201,9 @@ def export(opts: ExportOptions) -> ExportResult:
                      Path(opts.local_files_root) if opts.local_files_root else None)
     items: list[Any] = []
     left_out = problems = 0
+    tally = OutputTally()
     with Progress(f"mmib export: {fmt}", total=file_lines_total(opts.input, opts.limit), unit="lines") as progress:
-        for record in progress.iterate(read_output(opts.input, limit=opts.limit)):
+        for record in tally.watch(progress.iterate(read_output(opts.input, limit=opts.limit))):
             if not _is_annotated(record):
                 left_out += 1
                 continue
@@ -219,6 +221,7 @@ def export(opts: ExportOptions) -> ExportResult:
                 logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
                 image = ""
             items.append(label_studio_task(record, image=image))
+    tally.check(opts.input, "export")
     text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
     write_text_output(opts.output, text, force=opts.force)
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,

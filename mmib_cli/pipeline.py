@@ -216,7 +216,7 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
         logger.warning("interrupted by %s: %s", exc, _kept(writer))
     except OutputClosed:  # `mmib annotate ... -o - | head`: the reader has what it wanted
         summary.exit_code = ExitCode.BROKEN_PIPE
-        logger.info("stdout was closed by its reader after %d lines; stopped", writer.records_written)
+        logger.debug("stdout was closed by its reader after %d lines; stopped", writer.records_written)
 
 
 def _describe(annotator: Annotator) -> ModelInfo:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mmib_cli.console import Progress, file_lines_total
-from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
+from mmib_cli.io.outputs import (OutputTally, field_mapping, field_objects, field_offset, field_score,
+                                 read_output)
 from mmib_cli.io.textfile import check_writable, write_text_output
 
 logger = logging.getLogger(__name__)
@@ -227,19 +228,25 @@ def _script_json(value: Any) -> str:
     return text
 
 
+_LABEL_CHARS = 60
+"""Chart labels longer than this are shortened (the full label is in the bar's tooltip)."""
+
+
 def _bar_chart(title: str, counts: list[tuple[str, int]], *, colour: str | None = None) -> str:
-    """A horizontal bar chart as inline SVG (labels escaped)."""
+    """A horizontal bar chart as inline SVG (labels escaped), its label column as wide as its longest label."""
     esc = html.escape
     if not counts:
         return f'<figure class="chart"><figcaption>{esc(title)}</figcaption><p class="none">none</p></figure>'
     top = max(n for _, n in counts) or 1
-    row, label_w, bar_w = 18, 150, 170
-    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{label_w + bar_w + 60}" '
+    shorts = [label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "…" for label, _ in counts]
+    row, bar_w = 18, 170
+    label_w = 12 + 7 * max(len(short) for short in shorts)  # about 7 px per character at 11 px
+    number_w = 10 + 7 * len(str(top))
+    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{label_w + bar_w + number_w}" '
              f'height="{row * len(counts) + 4}" xmlns="http://www.w3.org/2000/svg">']
-    for i, (label, n) in enumerate(counts):
+    for i, ((label, n), short) in enumerate(zip(counts, shorts)):
         y = i * row + 2
         fill = colour or LABEL_COLOURS.get(label, "#c8c8c8")
-        short = label if len(label) <= 24 else label[:23] + "…"
         parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{esc(short)}</text>'
                      f'<rect x="{label_w}" y="{y}" width="{max(1, round(bar_w * n / top))}" height="{row - 4}" '
                      f'fill="{fill}"><title>{esc(label)}: {n}</title></rect>'
@@ -249,16 +256,22 @@ def _bar_chart(title: str, counts: list[tuple[str, int]], *, colour: str | None 
 
 
 def _histogram(title: str, bins: list[int]) -> str:
-    """Entity score histogram (10 bins over [0, 1]) as inline SVG."""
-    top, width, height = max(bins) or 1, 24, 90
+    """Entity score histogram (10 bins over [0, 1]) as inline SVG, each bar with its count above it."""
+    top, width, height, head = max(bins) or 1, 30, 90, 14
     parts = [f'<svg role="img" aria-label="{html.escape(title)}" width="{width * len(bins) + 10}" '
-             f'height="{height + 18}" xmlns="http://www.w3.org/2000/svg">']
+             f'height="{head + height + 18}" xmlns="http://www.w3.org/2000/svg">']
     for i, n in enumerate(bins):
         h = round(height * n / top)
-        parts.append(f'<rect x="{i * width + 5}" y="{height - h}" width="{width - 3}" height="{h}" fill="#7a9cc6">'
-                     f'<title>{i / len(bins):.1f}–{(i + 1) / len(bins):.1f}: {n}</title></rect>')
-    parts.append(f'<text x="5" y="{height + 14}">0</text><text x="{width * len(bins) - 5}" y="{height + 14}">1</text>'
-                 "</svg>")
+        x = i * width + 5
+        parts.append(f'<rect x="{x}" y="{head + height - h}" width="{width - 3}" height="{h}" fill="#7a9cc6" '
+                     f'data-bin="{i}" data-count="{n}"><title>{i / len(bins):.1f}–{(i + 1) / len(bins):.1f}: {n}'
+                     '</title></rect>')
+        if n:
+            parts.append(f'<text class="count" x="{x + (width - 3) / 2:g}" y="{head + height - h - 3}" '
+                         f'text-anchor="middle">{n}</text>')
+    parts.append(f'<text x="5" y="{head + height + 14}">0</text>'
+                 f'<text x="{width * len(bins) / 2 + 5:g}" y="{head + height + 14}" text-anchor="middle">score</text>'
+                 f'<text x="{width * len(bins) + 5}" y="{head + height + 14}" text-anchor="end">1</text></svg>')
     return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}</figure>'
 
 
@@ -310,9 +323,11 @@ def build_report(opts: ReportOptions) -> ReportResult:
     out = Path(opts.output)
     check_writable(out, force=opts.force)
     summary = Summary()
+    tally = OutputTally()
     with Progress("mmib report: reading", total=file_lines_total(opts.input, opts.limit), unit="lines") as progress:
-        records = select_records(progress.iterate(read_output(opts.input, limit=opts.limit)), summary,
+        records = select_records(tally.watch(progress.iterate(read_output(opts.input, limit=opts.limit))), summary,
                                  sample=opts.sample, seed=opts.seed)
+    tally.check(opts.input, "report")
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size)
     with Progress("mmib report: posts and photos", total=len(records)) as progress:

@@ -159,3 +159,18 @@ def test_setting_up_logging_does_not_import_transformers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.stdout.split() == ["False", "False"], proc.stderr
+
+
+def test_a_closed_stdout_ends_the_run_quietly(tmp_path, tiny_text_only_ner):
+    posts = write_jsonl(tmp_path / "posts.jsonl", [{"id": i, "text": f"Obama visits Berlin {i} " * 8}
+                                                   for i in range(600)])
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mmib_cli", "annotate", str(posts), "-o", "-", "-m",
+                             str(tiny_text_only_ner), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert json.loads(first)["line"] == 1
+    assert "stdout was closed" not in stderr and " posts (" not in stderr and "Error" not in stderr, stderr
