@@ -90,8 +90,16 @@ class ImageRefs:
         try:
             relative = path.resolve().relative_to(self.local_files_root.resolve()).as_posix()
         except ValueError:
-            raise ValueError(f"image {path} is outside --local-files-root {self.local_files_root}") from None
+            raise ValueError(f"image {image!r} resolves to {path}, outside --local-files-root "
+                             f"{self.local_files_root}") from None
         return LOCAL_FILES_URL + quote(relative, safe="/")
+
+    def root_note(self) -> str:
+        """Where relative image paths were resolved, and the option that changes it (for warnings)."""
+        if self.image_root is not None:
+            return f"relative image paths resolve against --image-root {self.image_root}"
+        return (f"relative image paths resolve against INPUT's folder {self.base_dir}; pass --image-root DIR when "
+                "they are relative to another folder, such as the annotated posts' folder")
 
 
 @dataclass
@@ -218,10 +226,13 @@ def export(opts: ExportOptions) -> ExportResult:
                 image = refs.reference(record.get("image"))
             except ValueError as exc:
                 problems += 1
-                logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
+                if problems <= 5:
+                    logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
                 image = ""
             items.append(label_studio_task(record, image=image))
     tally.check(opts.input, "export")
+    if problems:
+        logger.warning("%d posts have an empty data.image (%s)", problems, refs.root_note())
     text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
     write_text_output(opts.output, text, force=opts.force)
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,

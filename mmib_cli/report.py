@@ -313,6 +313,21 @@ def render_report(views: list[dict[str, Any]], thumbs: list[str], summary: Summa
     return "".join(values.get(part, part) for part in parts)
 
 
+def _warn_image_problems(thumbs: _Thumbnails, opts: ReportOptions) -> None:
+    """One warning naming where relative image paths were looked for and the option that changes it, then the
+    first few problems."""
+    if not thumbs.problems:
+        return
+    if opts.image_root:
+        where = f"relative image paths resolve against --image-root {opts.image_root}"
+    else:
+        where = (f"relative image paths resolve against INPUT's folder {thumbs.base_dir}; pass --image-root DIR "
+                 "when they are relative to another folder, such as the annotated posts' folder")
+    logger.warning("%d photos have no thumbnail (%s)", len(thumbs.problems), where)
+    for path, problem in list(thumbs.problems.items())[:5]:
+        logger.warning("no thumbnail for %s: %s", path, problem)
+
+
 def build_report(opts: ReportOptions) -> ReportResult:
     """Read an annotation output, select records, make thumbnails and write the HTML page atomically.
 
@@ -335,7 +350,6 @@ def build_report(opts: ReportOptions) -> ReportResult:
     title = opts.title or f"mmib report: {Path(opts.input).name}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
     write_text_output(out, page, force=opts.force)
-    for path, problem in list(thumbs.problems.items())[:5]:
-        logger.warning("no thumbnail for %s: %s", path, problem)
+    _warn_image_problems(thumbs, opts)
     logger.info("report %s: %d of %d posts shown, %d thumbnails", out, len(views), summary.posts, len(thumbs.uris))
     return ReportResult(out, summary, len(views), len(thumbs.uris), len(thumbs.problems))
