@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -45,16 +46,25 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a library function at the CLI boundary.
 
     A `UsageError` (a bad command-line value) becomes a click usage error (exit 2); another MMIBError becomes
-    `Error: ...` on stderr plus its exit code. Anything else is a bug: its traceback with `-v`, else one
-    `Error:` line naming it (exit 1).
+    `Error: ...` on stderr plus its exit code; a failure to import the stack names its cause and fix
+    (`stack.BrokenInstall`). Anything else is a bug: its traceback with `-v`, else one `Error:` line naming it
+    (exit 1). Any error of a call during which SIGINT/SIGTERM arrived is the interruption (exit 130/143): native
+    code may have turned the `Interrupted` raised inside it into an error of its own.
     """
+    from mmib_cli.signals import received
+
+    signals = len(received())
     try:
         return func(*args, **kwargs)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except MMIBError as exc:
-        _fail(exc)
     except Exception as exc:
+        if len(received()) > signals:  # native code (safetensors, torch) turned a signal's Interrupted into an error
+            signum = received()[-1]
+            logger.warning("interrupted by %s", signal.Signals(signum).name)
+            sys.exit(128 + signum)
+        if isinstance(exc, UsageError):
+            raise click.UsageError(str(exc)) from exc
+        if isinstance(exc, MMIBError):
+            _fail(exc)
         ctx = click.get_current_context(silent=True)
         if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
             raise

@@ -174,3 +174,28 @@ def test_a_closed_stdout_ends_the_run_quietly(tmp_path, tiny_text_only_ner):
     assert proc.wait(timeout=120) == 141, stderr
     assert json.loads(first)["line"] == 1
     assert "stdout was closed" not in stderr and " posts (" not in stderr and "Error" not in stderr, stderr
+
+
+def test_a_signal_swallowed_by_native_code_is_still_an_interruption(tmp_path, monkeypatch):
+    """safetensors turns the `Interrupted` raised inside it into a ValueError: the run still exits 143, quietly."""
+    import signal
+
+    from mmib_cli import signals
+    from mmib_cli.runs import preflight as preflight_module
+
+    def swallowing(opts):
+        try:
+            signals._first(signal.SIGTERM, None)
+        except signals.Interrupted:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    monkeypatch.setattr(signals, "_received", [])
+    monkeypatch.setattr(preflight_module, "preflight", swallowing)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        posts = write_jsonl(tmp_path / "posts.jsonl", [{"id": 1, "text": "Obama visits Berlin"}])
+        result = invoke("annotate", posts, "-o", tmp_path / "out.jsonl", expect=143)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert "Error" not in result.stderr and "interrupted by SIGTERM" in result.stderr

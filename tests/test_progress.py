@@ -120,3 +120,16 @@ def test_report_and_export_count_their_lines(tmp_path, monkeypatch):
     by_name = {p.description: p for p in seen}
     assert by_name["mmib report: reading"].total == 3 and by_name["mmib report: reading"].count == 3
     assert by_name["mmib export: label-studio"].total == 3 and by_name["mmib export: label-studio"].count == 3
+
+
+def test_a_large_compressed_input_is_not_decompressed_twice(tmp_path, monkeypatch):
+    from mmib_cli.io import sniff
+
+    packed = tmp_path / "a.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100))
+    assert count_lines(str(packed)) == 100
+    monkeypatch.setattr(sniff, "MAX_COUNTED_COMPRESSED_BYTES", 10)
+    assert count_lines(str(packed)) is None
+    plain = tmp_path / "a.jsonl"
+    plain.write_bytes(b'{"text": "a"}\n' * 100)
+    assert count_lines(str(plain)) == 100  # plain files are always counted

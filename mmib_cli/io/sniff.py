@@ -177,13 +177,24 @@ def sniff_input(path: str, *, text_field: str = "text", option: str = "--text-fi
                          f"{shown}); {fix}")
 
 
+MAX_COUNTED_COMPRESSED_BYTES = 64 * 1024 * 1024
+"""A compressed input larger than this gets no progress total: counting its lines would decompress it a second time
+alongside the run."""
+
+
 def count_lines(path: str, *, block: int = 1 << 20) -> int | None:
-    """Physical lines of a regular file (decompressed), as `read_lines` numbers them; None for stdin and pipes.
+    """Physical lines of a regular file (decompressed), as `read_lines` numbers them; None for stdin, pipes and
+    compressed files larger than `MAX_COUNTED_COMPRESSED_BYTES`.
 
     Meant for a progress total: reads the file once in `block`-sized pieces (run it in a background thread).
     """
     if path == "-" or "://" in path or not _is_regular(path):
         return None
+    if os.path.getsize(path) > MAX_COUNTED_COMPRESSED_BYTES:
+        with open(path, "rb") as raw:
+            magic = raw.read(6)
+        if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+            return None
     lines = 0
     last = b"\n"
     with open_input(path) as stream:
