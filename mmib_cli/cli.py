@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -275,9 +276,16 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
 
     Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
     """
-    from mmib_cli.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
+    from mmib_cli.checkpoint.resolve import resolve_model
+    from mmib_cli.io.textfile import check_writable
 
-    _run(check_metrics_output, output_json, force=force)
+    if output_json:  # usage errors before torch is imported
+        _run(check_writable, output_json, force=force)
+    if images is not None and not os.path.isdir(images):
+        raise click.UsageError(f"--images {images}: no such directory")
+    _run(resolve_model, model, online=obj.get("online"))
+    from mmib_cli.evaluate import evaluate_file, render_metrics, write_metrics
+
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, batch_size=batch_size,
                    device=device, dtype=dtype, online=obj.get("online"))
     click.echo(render_metrics(metrics))

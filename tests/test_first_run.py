@@ -199,3 +199,16 @@ def test_a_signal_swallowed_by_native_code_is_still_an_interruption(tmp_path, mo
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert "Error" not in result.stderr and "interrupted by SIGTERM" in result.stderr
+
+
+@pytest.mark.parametrize("extra, code, needle", [
+    (["-m", "mmib-defualt"], 1, "did you mean 'mmib-default'?"),
+    (["--images", "no-such-dir"], 2, "--images no-such-dir: no such directory"),
+    (["--output-json", "exists.json"], 2, "already exists"),
+])
+def test_eval_usage_errors_come_before_torch_is_imported(tmp_path, extra, code, needle):
+    (tmp_path / "data.txt").write_text("Obama\tB-PER\n\n")
+    (tmp_path / "exists.json").write_text("{}")
+    proc, modules = _run_cli(["eval", "ner", "--data", "data.txt", *extra], tmp_path)
+    assert proc.returncode == code, proc.stderr
+    assert needle in proc.stderr and "torch" not in modules
