@@ -8,7 +8,7 @@ ended. Also `--importtime` prints the slowest imports of one run (python -X impo
     python benchmarks/startup.py --repeat 5 --before /tmp/mmib-before
 
 Cases (all on a copy of samples/ in a temporary folder):
-  first-record   `annotate samples/posts.jsonl -o -`: seconds until the first line arrives on stdout (then the whole run)
+  first-record   `annotate samples/posts.jsonl -o -`: seconds to the first line on stdout (and to the end)
   output-exists  `annotate ... -o out.jsonl` with out.jsonl present: exit 2
   misspelt-model `annotate ... -m mmib-defualt`: exit 1
   missing-folder `annotate ... -o nowhere/out.jsonl`: exit 1

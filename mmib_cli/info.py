@@ -39,7 +39,7 @@ def collect_info() -> dict[str, Any]:
     from mmib_cli.checkpoint.download import default_cache_dir, hub_endpoint
     from mmib_cli.checkpoint.registry import load_registry, models_dir, registry_path
     from mmib_cli.offline import is_offline
-    from mmib_cli.stack import check_stack, installed_version
+    from mmib_cli.stack import check_stack
 
     stack = [check.to_dict() for check in check_stack()]
     registry = load_registry()
