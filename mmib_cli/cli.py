@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 from typing import Any
 
@@ -12,7 +14,8 @@ from mmib_cli._version import __version__
 from mmib_cli.errors import ExitCode, MMIBError, UsageError
 from mmib_cli.io.safefile import display_path
 from mmib_cli.choices import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_TRAIN_BATCH_SIZE, ModelTask
-from mmib_cli.options import choice, device_options, model_option, pipeline_options
+from mmib_cli.options import (RUN_EPILOG, RUN_SECTIONS, SectionedCommand, choice, device_options, model_option,
+                              pipeline_options)
 
 logger = logging.getLogger("mmib_cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -23,14 +26,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.option("--online/--offline", default=None,
-              help="Allow the Hugging Face hub (default offline unless MMIB_OFFLINE=0).")
+              help="Allow the Hugging Face hub (default offline unless MMIB_OFFLINE=0; `download` goes online "
+                   "unless --offline or MMIB_OFFLINE=1).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, online: bool | None) -> None:
     """Annotate social-media posts (text + photo) with entities and relations using MMIB."""
     from mmib_cli.console import setup_logging
-    from mmib_cli.offline import configure_network
+    from mmib_cli.offline import configure_network, network_choice
 
-    ctx.obj = {"online": configure_network(online), "verbose": verbose}
+    choice = network_choice(online)
+    ctx.obj = {"online": configure_network(online), "network_choice": choice, "verbose": verbose}
     setup_logging(-1 if quiet else verbose)
 
 
@@ -43,19 +48,32 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a library function at the CLI boundary.
 
     A `UsageError` (a bad command-line value) becomes a click usage error (exit 2); another MMIBError becomes
-    `Error: ...` on stderr plus its exit code. Anything else is a bug: its traceback with `-v`, else one
-    `Error:` line naming it (exit 1).
+    `Error: ...` on stderr plus its exit code; a failure to import the stack names its cause and fix
+    (`stack.BrokenInstall`). Anything else is a bug: its traceback with `-v`, else one `Error:` line naming it
+    (exit 1). Any error of a call during which SIGINT/SIGTERM arrived is the interruption (exit 130/143): native
+    code may have turned the `Interrupted` raised inside it into an error of its own.
     """
+    from mmib_cli.signals import received
+
+    signals = len(received())
     try:
         return func(*args, **kwargs)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except MMIBError as exc:
-        _fail(exc)
     except Exception as exc:
+        if len(received()) > signals:  # native code (safetensors, torch) turned a signal's Interrupted into an error
+            signum = received()[-1]
+            logger.warning("interrupted by %s", signal.Signals(signum).name)
+            sys.exit(128 + signum)
+        if isinstance(exc, UsageError):
+            raise click.UsageError(str(exc)) from exc
+        if isinstance(exc, MMIBError):
+            _fail(exc)
         ctx = click.get_current_context(silent=True)
         if ctx is None or (ctx.find_root().obj or {}).get("verbose"):
             raise
+        from mmib_cli.stack import broken_install, is_broken_install
+
+        if is_broken_install(exc):  # a torch/torchvision mismatch is not a bug in mmib: say what to install
+            _fail(broken_install(exc))
         click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
         sys.exit(int(ExitCode.FATAL))
 
@@ -65,12 +83,20 @@ def _run(func: Any, *args: Any, **kwargs: Any) -> Any:
 def info(as_json: bool) -> None:
     """Show versions, devices, where checkpoints are looked up and which embedded ones are present.
 
+    Also checks that the installed stack really works (a torchvision operator, a tiny BERT forward): exit 1, with
+    the cause and the command that fixes it, when it does not.
+
     Example: mmib info --json
     """
     from mmib_cli.workflows.info import collect_info, render_info
 
     facts = _run(collect_info)
     click.echo(json.dumps(facts, indent=2) if as_json else render_info(facts))
+    broken = [check for check in facts["stack"] if not check["ok"]]
+    for check in broken:
+        click.echo(f"Error: {check['name']} is broken: {check['detail']}; fix: {check['fix']}", err=True)
+    if broken:
+        sys.exit(int(ExitCode.FATAL))
 
 
 @cli.command()
@@ -95,16 +121,22 @@ def download(obj: dict, model: str, revision: str | None, cache_dir: str | None,
              force: bool) -> None:
     """Fetch a checkpoint (registry name or hub id ORG/NAME[@REV]) into the local cache.
 
-    Example: mmib --online download org/mmib-twitter@v1.0
+    Goes online by itself, unless --offline or MMIB_OFFLINE=1 (then only the cache is checked).
+
+    Example: mmib download org/mmib-twitter@v1.0
     """
+    from mmib_cli.offline import configure_network
     from mmib_cli.storage.resolve import fetch_model
 
+    online = obj.get("network_choice")
+    if online is None:  # nothing asked: this command's whole job is the network
+        online = configure_network(True)
     resolved = _run(fetch_model, model, revision=revision, cache_dir=cache_dir, token=token, force=force,
-                    online=obj.get("online"))
+                    online=online)
     click.echo(str(resolved.path))
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand, sections=RUN_SECTIONS, epilog=RUN_EPILOG)
 @click.argument("input_path", metavar="INPUT")
 @pipeline_options
 @click.option("--relations/--no-relations", default=False, show_default=True,
@@ -119,7 +151,7 @@ def annotate(obj: dict, input_path: str, **options: Any) -> None:
     _annotate_command(obj, input_path, task="annotate", options=options)
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand, sections=RUN_SECTIONS, epilog=RUN_EPILOG)
 @click.argument("input_path", metavar="INPUT")
 @pipeline_options
 @click.option("--pair", is_flag=True, help="Classify every ordered entity pair of each post "
@@ -246,9 +278,16 @@ def evaluate(obj: dict, task: str, model: str, data: str, images: str | None, ou
 
     Example: mmib eval ner --model mmib-default --data twitter2017/test.txt
     """
-    from mmib_cli.workflows.evaluate import check_metrics_output, evaluate_file, render_metrics, write_metrics
+    from mmib_cli.io.textfile import check_writable
+    from mmib_cli.storage.resolve import resolve_model
 
-    _run(check_metrics_output, output_json, force=force, inputs=(data,))
+    if output_json:  # usage errors before torch is imported
+        _run(check_writable, output_json, force=force, inputs=(data,))
+    if images is not None and not os.path.isdir(images):
+        raise click.UsageError(f"--images {images}: no such directory")
+    _run(resolve_model, model, online=obj.get("online"))
+    from mmib_cli.workflows.evaluate import evaluate_file, render_metrics, write_metrics
+
     metrics = _run(evaluate_file, task, model=model, data=data, images=images, device=device, dtype=dtype,
                    online=obj.get("online"))
     click.echo(render_metrics(metrics))

@@ -89,3 +89,8 @@ class OutputClosed(MMIBError):
 
 class DataFormatError(MMIBError):
     """A training or evaluation data file does not follow its format."""
+
+
+class BrokenInstall(MMIBError):
+    """The installed packages do not import or run together (a torch/torchvision mismatch, say): the message names
+    the cause and the command that fixes it (`mmib_cli.stack`)."""

@@ -28,6 +28,19 @@ def _env_flag(name: str) -> bool | None:
     return None
 
 
+def network_choice(online: bool | None = None) -> bool | None:
+    """What the user asked for, before mmib decides: `--online/--offline`, else `MMIB_OFFLINE`, else
+    `HF_HUB_OFFLINE` (True: online, False: offline), or None when nothing was asked (call before
+    `configure_network`, which publishes its decision to those variables)."""
+    if online is not None:
+        return online
+    for name in (ENV_MMIB_OFFLINE, ENV_HF_HUB_OFFLINE):
+        flag = _env_flag(name)
+        if flag is not None:
+            return not flag
+    return None
+
+
 def configure_network(online: bool | None = None) -> bool:
     """Decide whether mmib may use the network and publish the decision to the environment.
 

@@ -75,3 +75,55 @@ def pipeline_options(func: F) -> F:
     for opt in reversed(opts):
         func = opt(func)
     return device_options(func)
+
+
+RUN_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Input and output", ("output", "id_field", "text_field", "image_field", "image_root", "on_missing_image",
+                          "limit", "shard", "resume", "force")),
+    ("Model", ("model", "device", "dtype")),
+    ("Relations", ("relations", "pair", "min_score", "keep_none", "type_constraints", "max_pairs")),
+    ("Performance", ("batch_size", "max_tokens", "num_workers", "progress")),
+    ("Engine (Ray)", ("engine", "address", "concurrency", "gpus_per_worker")),
+)
+"""The option sections of `mmib annotate --help` and `mmib relations --help`, in order (the rest: "Other")."""
+
+RUN_EPILOG = """\b
+Input:
+  JSONL, one JSON object per line: {"id": "p1", "text": "...", "image": "photos/p1.jpg"};
+  only the text is needed (--id-field, --text-field, --image-field rename the fields).
+  gzip, bzip2 and xz files are read as they are; - is stdin. A JSON array, CSV/TSV or
+  plain text is refused before the model loads, with the command that converts it
+  (a JSON array: jq -c '.[]' posts.json > posts.jsonl).
+
+\b
+Exit codes:
+  0        every line annotated
+  1        fatal: the model or the output failed (complete lines stay in OUTPUT.partial)
+  2        usage error: a bad option or input format, an existing output without --force
+  3        finished, but some lines became error records
+  130/143  interrupted by SIGINT/SIGTERM: rerun with --resume
+  141      stdout was closed by its reader (-o - | head)"""
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in titled sections (`sections`), then the epilog."""
+
+    def __init__(self, *args: object, sections: tuple[tuple[str, tuple[str, ...]], ...] = (),
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)
+                   if isinstance(param, click.Option)}
+        shown: set[str | None] = set()
+        for title, names in self.sections:
+            rows = [records[name] for name in names if records.get(name)]
+            shown.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)  # type: ignore[arg-type]
+        rest = [record for name, record in records.items() if name not in shown and record]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)  # type: ignore[arg-type]

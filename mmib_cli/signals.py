@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Interrupted", "install", "interruptible"]
+__all__ = ["Interrupted", "install", "interruptible", "received"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # every first signal of this process, in order
 
 
 class Interrupted(BaseException):
@@ -24,6 +25,7 @@ class Interrupted(BaseException):
 
 
 def _first(signum: int, frame: Any) -> None:
+    _received.append(signum)
     for other in _SIGNALS:  # a second signal no longer waits for the final flush
         signal.signal(other, _second)
     raise Interrupted(signum)
@@ -31,6 +33,13 @@ def _first(signum: int, frame: Any) -> None:
 
 def _second(signum: int, frame: Any) -> None:
     os._exit(128 + signum)  # complete lines are already in OUTPUT.partial; --resume repairs a cut last line
+
+
+def received() -> tuple[int, ...]:
+    """The signals `Interrupted` was raised for so far in this process. Native code (safetensors, torch) may turn
+    the `Interrupted` raised inside it into an error of its own; comparing this before and after a call tells an
+    interrupted call from a failed one."""
+    return tuple(_received)
 
 
 def install() -> None:

@@ -220,3 +220,71 @@ def test_a_clean_clone_stays_clean():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *products], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
     assert ignored == products
+
+
+@pytest.mark.parametrize("name", ["annotate", "relations"])
+def test_run_help_groups_its_options_and_ends_with_input_format_and_exit_codes(name):
+    from mmib_cli.options import RUN_SECTIONS
+
+    text = invoke(name, "--help", expect=0).stdout
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[:3] == ["Input and output", "Model", "Relations"], headings
+    assert headings.index("Performance") < headings.index("Engine (Ray)")
+    options = [p for p in cli.commands[name].params if isinstance(p, __import__("click").Option)]
+    for option in options:  # every option shown exactly once
+        assert sum(line.lstrip().startswith(tuple(option.opts)) for line in text.splitlines()) == 1, option.opts
+    grouped = {n for _, names in RUN_SECTIONS for n in names}
+    assert {o.name for o in options} - grouped <= {"help"}
+    assert "--engine" in text.split("Engine (Ray):")[1] and "--engine" not in text.split("Engine (Ray):")[0]
+    tail = text.split("Exit codes:")[1]
+    for code in ("0 ", "1 ", "2 ", "3 ", "130/143", "141"):
+        assert f"\n    {code}" in tail
+    assert "jq -c '.[]'" in text.split("Input:")[-1]
+    assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def _torchvision_mismatch(monkeypatch):
+    """Simulate a torchvision built for another torch: its operators are missing, as after a half upgrade."""
+    import torchvision.ops
+
+    from mmib_cli import stack
+
+    def nms(*args, **kwargs):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(torchvision.ops, "nms", nms)
+    versions = {"torch": "2.14.1", "torchvision": "0.27.0"}
+    monkeypatch.setattr(stack, "installed_version", lambda name: versions.get(name, "1.0"))
+
+
+def test_info_checks_the_stack_runs_and_names_cause_and_fix(monkeypatch):
+    facts = json.loads(invoke("info", "--json", expect=0).stdout)
+    assert [c["name"] for c in facts["stack"]] == ["torch", "torchvision", "transformers", "files"]
+    assert all(c["ok"] for c in facts["stack"]) and "BertModel forward" in facts["stack"][2]["detail"]
+    _torchvision_mismatch(monkeypatch)
+    result = invoke("info", expect=1)
+    assert "stack: torchvision BROKEN" in result.stdout
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "torch 2.14.1 and torchvision 0.27.0 do not match" in error and "operator torchvision::nms" in error
+    assert 'pip install --force-reinstall "torch==2.14.1" "torchvision==0.29.*"' in error
+
+
+def test_annotate_reports_an_import_failure_as_a_broken_install(monkeypatch, tmp_path):
+    from mmib_cli.annotation.annotator import Annotator
+
+    _torchvision_mismatch(monkeypatch)
+
+    def from_pretrained(*args, **kwargs):
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as exc:
+            raise ModuleNotFoundError("Could not import module 'BertModel'. Are this object's requirements "
+                                      "defined correctly?") from exc
+
+    monkeypatch.setattr(Annotator, "from_pretrained", from_pretrained)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Obama visits Berlin"}\n')
+    result = invoke("annotate", src, "-o", tmp_path / "out.jsonl", expect=1)
+    assert "unexpected" not in result.stderr
+    assert "installed stack is broken: torch 2.14.1 and torchvision 0.27.0 do not match" in result.stderr
+    assert "pip install --force-reinstall" in result.stderr

@@ -176,3 +176,15 @@ def test_unauthorised_download_exit_1_then_token_works(hub: FakeHub) -> None:
     assert "--token" in result.stderr and "Traceback" not in result.stderr
     result = invoke("--online", "download", REPO, "--token", "secret-token", expect=0)
     assert (Path(result.stdout.strip()) / "bundle.json").is_file()
+
+
+def test_download_goes_online_by_itself_unless_told_offline(hub: FakeHub) -> None:
+    hub.clear_requests()
+    unset = {"MMIB_OFFLINE": None, "HF_HUB_OFFLINE": None}
+    for env in ({**unset, "MMIB_OFFLINE": "1"}, {**unset, "HF_HUB_OFFLINE": "1"}):
+        result = invoke("download", f"{REPO}@v2", env=env, expect=1)  # an explicit offline choice is honoured
+        assert "not in the local cache" in result.stderr and hub.requests == []
+    result = invoke("--offline", "download", f"{REPO}@v2", env=unset, expect=1)
+    assert hub.requests == []
+    fetched = Path(invoke("download", f"{REPO}@v2", env=unset, expect=0).stdout.strip())
+    assert hub.file_requests(REPO) and (fetched / "bundle.json").is_file()

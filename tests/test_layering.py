@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mmib_cli"
 
 LAYERS = [
     # 0 base: torch-free values and utilities every part may use
-    {"_version", "choices", "errors", "text", "settings", "offline", "signals", "console", "device", "stdio"},
+    {"_version", "choices", "errors", "text", "settings", "offline", "signals", "console", "device", "stdio",
+     "stack"},
     # 1 formats and pure computation: records and files, the torch model, featurisation
     {"io", "model", "features"},
     # 2 where checkpoints come from and how they lie on disk

@@ -225,3 +225,40 @@ def test_browser_paginates_large_output(browser, tmp_path):
     assert page.locator("article.post").first.get_attribute("data-line") == "101"
     assert page.inner_text("#page") == "page 2 / 20" and problems == []
     page.close()
+
+
+def test_report_and_export_refuse_a_raw_input_with_what_to_do(tmp_path):
+    raw = write_jsonl(tmp_path / "posts.jsonl", [{"id": "p1", "text": "Obama visits Berlin", "image": None}] * 3)
+    for command, out in (("report", "r.html"), ("export", "t.json")):
+        result = invoke(command, raw, "-o", tmp_path / out, expect=2)
+        assert "is not an mmib annotate output" in result.stderr and "'text'" in result.stderr
+        assert f"mmib annotate {raw} -o out.jsonl, then mmib {command} out.jsonl" in result.stderr
+        assert not (tmp_path / out).exists()
+
+
+def test_score_histogram_shows_counts_and_long_labels_are_not_cut(tmp_path):
+    long_name = "The Metropolitan Museum of Art in New York"  # 42 characters: was cut at 24
+    text = f"{long_name} and Obama"
+    rows = [_post(i, text, [(long_name, "ORG", 0.95), ("Obama", "PER", 0.45)]) for i in range(1, 4)]
+    out = tmp_path / "r.html"
+    build_report(ReportOptions(input=str(write_jsonl(tmp_path / "out.jsonl", rows)), output=str(out)))
+    page = out.read_text(encoding="utf-8")
+    histogram = page.split("Entity scores</figcaption>")[1].split("</figure>")[0]
+    assert 'data-bin="9" data-count="3"' in histogram and 'data-bin="4" data-count="3"' in histogram
+    assert re.findall(r'<text class="count"[^>]*>(\d+)</text>', histogram) == ["3", "3"]
+    top = page.split("Top entities</figcaption>")[1].split("</figure>")[0]
+    assert f">{long_name} (ORG)</text>" in top
+
+
+def test_cards_fill_a_wide_window(browser, output_file, tmp_path):
+    out = tmp_path / "report.html"
+    build_report(ReportOptions(input=str(output_file), output=str(out)))
+    page = browser.new_page(viewport={"width": 1920, "height": 1000})
+    page.goto(out.resolve().as_uri())
+    page.wait_for_selector("article.post")
+    boxes = [page.locator("article.post").nth(i).bounding_box() for i in range(page.locator("article.post").count())]
+    right = max(box["x"] + box["width"] for box in boxes)
+    left = min(box["x"] for box in boxes)
+    assert right - left > 0.9 * 1920  # the posts use the window's width (two or more columns), not 1100 px of it
+    assert len({round(box["x"]) for box in boxes}) >= 2
+    page.close()

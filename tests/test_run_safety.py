@@ -193,7 +193,7 @@ def test_resume_refuses_another_input_model_or_options(posts, tiny_text_only_ner
     elif change == "model":
         args[5] = tiny_bundle
     elif change == "option":
-        args += ["--text-field", "body"]
+        args += ["--image-field", "photo"]
     else:
         (tmp_path / "out.jsonl.run.json").unlink()
     result = invoke(*args)

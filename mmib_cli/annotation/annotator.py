@@ -15,7 +15,7 @@ from mmib_cli.checkpoint.assemble import LoadedModel
 from mmib_cli.choices import DEFAULT_CHUNK_SIZE, DEFAULT_DEVICE, DEFAULT_MODEL, DType, Mode
 from mmib_cli.errors import InvalidCheckpoint
 from mmib_cli.annotation.flow import AnnotationSession
-from mmib_cli.io.records import ErrorRecord, SkippedRecord
+from mmib_cli.io.records import ErrorRecord
 from mmib_cli.annotation.postprocess import relation_entity_types
 from mmib_cli.annotation.preprocess import Prepared, Skipped, prepare, word_tokens
 from mmib_cli.settings import PrepareSettings, RelationInputs, RelationSettings

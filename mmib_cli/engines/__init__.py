@@ -31,9 +31,16 @@ def execute(opts: RunOptions, engine_options: Any = None) -> RunSummary:
         opts: the checked run options (`RunOptions.from_cli`).
         engine_options: what only that engine takes (`engines.ray.RayOptions` for Ray), or None.
 
+    Raises:
+        MMIBError: a usage error, an output that cannot be written, a model that cannot be resolved (found before
+            any engine, and torch, is imported: `runs.preflight`), or the engine's own fatal errors.
+
     Returns:
         The run summary; its `exit_code` is the process exit code.
     """
+    from mmib_cli.runs.preflight import preflight
+
+    preflight(opts)  # every usage error before the engine, and torch, is imported
     from mmib_cli.engines import local, ray  # noqa: F401 - each registers its runner
 
     return ENGINES[opts.engine](opts, engine_options)

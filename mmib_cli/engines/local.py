@@ -260,7 +260,7 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
         logger.warning("interrupted by %s: %s", exc, _kept(writer))
     except OutputClosed:  # `mmib annotate ... -o - | head`: the reader has what it wanted
         summary.exit_code = ExitCode.BROKEN_PIPE
-        logger.info("stdout was closed by its reader after %d lines; stopped", writer.records_written)
+        logger.debug("stdout was closed by its reader after %d lines; stopped", writer.records_written)
 
 
 def _describe(annotator: Annotator) -> ModelInfo:
@@ -294,7 +294,7 @@ def _annotate(opts: RunOptions, annotator: Annotator, writer: AtomicJSONLWriter,
     source = _ChunkSource(opts, settings, opts.chunk_rule, done)
     # a window in a partly filled call waits for mates from the next chunks (up to DEFAULT_MAX_WAIT posts)
     session = annotator.session(mode, relation_settings)
-    with Progress(f"mmib {opts.task}", enabled=opts.progress) as progress:
+    with Progress(f"mmib {opts.task}", enabled=opts.progress, total=opts.progress_total(done)) as progress:
         def finish() -> None:
             _write(session.finish(), writer, summary, progress)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from mmib_cli.choices import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_MAX_PA
 from mmib_cli.errors import InvalidCheckpoint, UsageError
 from mmib_cli.io.jsonl import input_base_dir
 from mmib_cli.settings import PrepareSettings, RelationSettings
+from mmib_cli.io.sniff import sniff_input
 
 __all__ = ["CHUNK_BATCHES", "CHUNK_IMAGE_BATCHES", "ENGINE_TRAITS", "ChunkRule", "EngineTraits", "PrepareSettings",
            "RelationSettings", "RunOptions", "is_uri", "parse_shard"]
@@ -206,6 +207,7 @@ class RunOptions:
                 raise UsageError(f"{name} {value}: URIs need --engine ray")
         if not is_uri(self.input_path):
             _check_input_path(self.input_path)
+            sniff_input(self.input_path, text_field=self.text_field)  # a JSON array, CSV... before the model loads
         if self.resume and self.input_path == "-":
             raise UsageError("--resume needs INPUT to be a regular file it can check against the interrupted run, "
                              "not stdin")
@@ -260,6 +262,27 @@ class RunOptions:
             if line in done:
                 continue
             yield line, value
+
+    def selected_count(self, lines: int, done: Collection[int] = ()) -> int:
+        """How many of an input's first `lines` lines `select` yields (the progress total of a run)."""
+        last = min(lines, self.limit) if self.limit is not None else lines
+        first, step = (self.shard[0], self.shard[1]) if self.shard else (1, 1)
+        selected = len(range(first, last + 1, step))
+        return selected - sum(1 for line in done
+                              if line <= last and (not self.shard or (line - 1) % step == first - 1))
+
+    def progress_total(self, done: Collection[int] = ()) -> Callable[[], int | None] | None:
+        """A function counting the lines this run annotates (for `console.Progress`, which runs it in a
+        background thread); None when INPUT is stdin, a pipe or a URI, whose length is unknown."""
+        if self.input_path == "-" or is_uri(self.input_path):
+            return None
+        from mmib_cli.io.sniff import count_lines
+
+        def total() -> int | None:
+            lines = count_lines(self.input_path)
+            return None if lines is None else self.selected_count(lines, done)
+
+        return total
 
     def check_tasks(self, available: Collection[str], model_label: str) -> None:
         """Fail before any output is written when the model lacks the part (ner/re) the command needs.

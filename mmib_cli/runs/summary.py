@@ -66,7 +66,8 @@ class RunSummary:
         self.seconds = seconds
         if self.exit_code == ExitCode.OK and (self.errors or self.kept_errors):
             self.exit_code = ExitCode.PARTIAL
-        logger.info("%s", self.line())
+        # `-o - | head -1`: the reader has what it wanted, so the run ends as quietly as a pipe does (-v shows it)
+        logger.log(logging.DEBUG if self.exit_code == ExitCode.BROKEN_PIPE else logging.INFO, "%s", self.line())
         if self.error_types:
             counts = ", ".join(f"{k}={v}" for k, v in sorted(self.error_types.items()))
             logger.warning("error records by type: %s", counts)

@@ -5,6 +5,7 @@ the hub and checked against the registry's sha256s), then a hub id `org/name[@re
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -82,6 +83,16 @@ def _check_layout(directory: Path, what: str) -> None:
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~", "\\")) or "\\" in spec or spec.count("/") > 1 or ":" in spec
+
+
+def _close_directory(path: Path) -> str:
+    """`" (did you mean DIR?)"` when a sibling directory's name is close to a missing `path`'s, else ``""``."""
+    try:
+        siblings = [entry.name for entry in path.parent.iterdir() if entry.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 def _resolve_registry(
@@ -174,11 +185,14 @@ def resolve_model(
     if _looks_like_path(text) or not HUB_ID_RE.match(base):
         if "/" in text or _looks_like_path(text):
             raise CheckpointNotFound(
-                f"--model {text}: no such directory, and not a hub id of the form org/name[@revision]"
+                f"--model {text}: no such directory{_close_directory(path)}, and not a hub id of the form "
+                "org/name[@revision]"
             )
         known = ", ".join(sorted(registry)) or "none"
+        close = difflib.get_close_matches(base, list(registry), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise CheckpointNotFound(
-            f"--model {text}: not a directory, not a registry name (known: {known}; see `mmib models`), "
+            f"--model {text}: {hint}not a directory, not a registry name (known: {known}; see `mmib models`), "
             "and not a hub id of the form org/name[@revision]"
         )
     snapshot = download_checkpoint(base, revision=wanted, cache_dir=cache_dir, token=token, online=online)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -11,10 +12,17 @@ from mmib_cli.errors import ChecksumMismatch, InvalidCheckpoint
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # 1 MiB
+MEMO_MIN_BYTES = 1 << 16
+"""Files at least this large are hashed once per process (`sha256_file`); smaller ones cost nothing to rehash."""
+_memo: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (follows symlinks, as in the hub cache).
+
+    A run resolves its model more than once (checked before loading, then loaded; the text encoder's weights by each
+    part of a bundle), so the digest of a file of `MEMO_MIN_BYTES` or more is remembered for this process, keyed by
+    its real path, device, inode, size and modification and change times: a file rewritten since is hashed again.
 
     Args:
         path: the file.
@@ -22,10 +30,17 @@ def sha256_file(path: str | Path) -> str:
     Returns:
         64 lowercase hex digits.
     """
+    real = os.path.realpath(path)
+    info = os.stat(real)
+    key = (real, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key in _memo:
+        return _memo[key]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(real, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
+    if info.st_size >= MEMO_MIN_BYTES:
+        _memo[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

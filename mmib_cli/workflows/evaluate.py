@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmib_cli.choices import DEFAULT_DEVICE, DType, ModelTask
+from mmib_cli.console import Progress
 from mmib_cli.data.datasets import Examples, read_examples, try_load_image
 from mmib_cli.errors import UsageError
 from mmib_cli.annotation.forward import predict_ner, predict_re
@@ -15,31 +16,36 @@ from mmib_cli.annotation.forward import predict_ner, predict_re
 logger = logging.getLogger(__name__)
 
 
-EVAL_CHUNK_POSTS = 256  # posts whose decoded images are held in memory at once
+EVAL_CHUNK_POSTS = 128  # posts whose decoded images are held in memory at once (and the progress step)
 
 
-def score_examples(loaded: Any, examples: Examples, *, chunk_posts: int = EVAL_CHUNK_POSTS) -> dict[str, Any]:
+def score_examples(loaded: Any, examples: Examples, *, chunk_posts: int = EVAL_CHUNK_POSTS,
+                   description: str = "scoring") -> dict[str, Any]:
     """Predict every example with `loaded` and score against the gold labels.
 
-    Posts are predicted `chunk_posts` at a time, so only that many decoded images are in memory at once; the
-    predictions do not depend on it: every window runs in a call of a fixed shape (`inference`), as in
-    `mmib annotate`.
+    Posts are predicted `chunk_posts` at a time, so only that many decoded images are in memory at once (and the
+    progress, shown as `description`, moves once per chunk); the predictions do not depend on it: every window runs
+    in a call of a fixed shape (`annotation.forward`), as in `mmib annotate`.
     """
     from mmib_cli.workflows.metrics import ner_scores, re_scores
 
     labels = loaded.model.config.labels
     predicted: list[Any] = []
     images_used = 0
-    for start in range(0, len(examples.windows_per_post), max(1, chunk_posts)):
-        posts = examples.windows_per_post[start: start + chunk_posts]
-        photos = [try_load_image(path, loaded.image_info) for path in examples.image_paths[start: start + chunk_posts]]
-        images_used += sum(photo is not None for photo in photos)
-        if examples.task == "ner":
-            preds = predict_ner(loaded, posts, photos=photos)
-            predicted.extend(p.tags for p in preds)
-        else:
-            probs = predict_re(loaded, [windows[0] for windows in posts], photos=photos)
-            predicted.extend(labels[i] for i in probs.argmax(dim=-1).tolist())
+    unit = "posts" if examples.task == "ner" else "pairs"
+    with Progress(description, total=len(examples.windows_per_post), unit=unit) as progress:
+        for start in range(0, len(examples.windows_per_post), max(1, chunk_posts)):
+            posts = examples.windows_per_post[start: start + chunk_posts]
+            photos = [try_load_image(path, loaded.image_info)
+                      for path in examples.image_paths[start: start + chunk_posts]]
+            images_used += sum(photo is not None for photo in photos)
+            if examples.task == "ner":
+                preds = predict_ner(loaded, posts, photos=photos)
+                predicted.extend(p.tags for p in preds)
+            else:
+                probs = predict_re(loaded, [windows[0] for windows in posts], photos=photos)
+                predicted.extend(labels[i] for i in probs.argmax(dim=-1).tolist())
+            progress.advance(len(posts))
     metrics = ner_scores(examples.gold, predicted) if examples.task == "ner" else re_scores(examples.gold, predicted)
     metrics["images_used"] = images_used
     metrics["examples"] = len(examples.gold)
@@ -55,9 +61,11 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
 
     if images is not None and not Path(images).is_dir():  # a typo would silently score text-only
         raise UsageError(f"--images {images}: no such directory")
+    logger.info("loading %s", model)
     loaded = load_bundle(model, device=device, dtype=dtype, online=online).require(task)
     examples = read_examples(task, [data], loaded.featurizer, loaded.model.config.labels, images=images)
-    metrics = score_examples(loaded, examples)
+    logger.info("scoring %s on %d examples of %s", model, len(examples.gold), data)
+    metrics = score_examples(loaded, examples, description=f"mmib eval {task}")
     metrics.update(task=task, model=model, data=str(data))
     return metrics
 

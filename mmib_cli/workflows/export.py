@@ -25,8 +25,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
 from mmib_cli.choices import Choice
+from mmib_cli.console import Progress
+from mmib_cli.io.sniff import file_lines_total
 from mmib_cli.errors import UsageError
-from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
+from mmib_cli.io.outputs import (OutputTally, field_mapping, field_objects, field_offset, field_score,
+                                 read_output)
 from mmib_cli.io.textfile import check_writable, write_text_output
 from mmib_cli.workflows.report import LABEL_COLOURS
 
@@ -98,8 +101,16 @@ class ImageRefs:
         try:
             relative = path.resolve().relative_to(self.local_files_root.resolve()).as_posix()
         except ValueError:
-            raise ValueError(f"image {path} is outside --local-files-root {self.local_files_root}") from None
+            raise ValueError(f"image {image!r} resolves to {path}, outside --local-files-root "
+                             f"{self.local_files_root}") from None
         return LOCAL_FILES_URL + quote(relative, safe="/")
+
+    def root_note(self) -> str:
+        """Where relative image paths were resolved, and the option that changes it (for warnings)."""
+        if self.image_root is not None:
+            return f"relative image paths resolve against --image-root {self.image_root}"
+        return (f"relative image paths resolve against INPUT's folder {self.base_dir}; pass --image-root DIR when "
+                "they are relative to another folder, such as the annotated posts' folder")
 
 
 def normalise_url_prefix(prefix: str) -> str:
@@ -248,24 +259,30 @@ def export(opts: ExportOptions) -> ExportResult:
                      Path(opts.local_files_root) if opts.local_files_root else None, confine=opts.confine_images)
     items: list[Any] = []
     left_out = problems = 0
-    for record in read_output(opts.input, limit=opts.limit):
-        if not _is_annotated(record):
-            left_out += 1
-            continue
-        if fmt is ExportFormat.CONLL:
-            try:
-                items.append(conll_block_of(record))
-            except ValueError as exc:  # a damaged record: left out and counted, the rest is still exported
-                logger.warning("%s; left out", exc)
+    tally = OutputTally()
+    with Progress(f"mmib export: {fmt}", total=file_lines_total(opts.input, opts.limit), unit="lines") as progress:
+        for record in tally.watch(progress.iterate(read_output(opts.input, limit=opts.limit))):
+            if not _is_annotated(record):
                 left_out += 1
-            continue
-        try:
-            image = refs.reference(record.get("image"))
-        except ValueError as exc:
-            problems += 1
-            logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
-            image = ""
-        items.append(label_studio_task(record, image=image))
+                continue
+            if fmt is ExportFormat.CONLL:
+                try:
+                    items.append(conll_block_of(record))
+                except ValueError as exc:  # a damaged record: left out and counted, the rest is still exported
+                    logger.warning("%s; left out", exc)
+                    left_out += 1
+                continue
+            try:
+                image = refs.reference(record.get("image"))
+            except ValueError as exc:
+                problems += 1
+                if problems <= 5:
+                    logger.warning("line %s: %s; data.image left empty", record.get("line"), exc)
+                image = ""
+            items.append(label_studio_task(record, image=image))
+    tally.check(opts.input, "export")
+    if problems:
+        logger.warning("%d posts have an empty data.image (%s)", problems, refs.root_note())
     text = "".join(items) if fmt is ExportFormat.CONLL else json.dumps(items, ensure_ascii=False, indent=1) + "\n"
     write_text_output(opts.output, text, force=opts.force, inputs=[opts.input])
     logger.info("%s: %d posts exported as %s, %d error/skipped records left out", opts.output, len(items), fmt,

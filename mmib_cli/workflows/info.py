@@ -34,24 +34,24 @@ def _embedded_status(spec: Any) -> dict[str, Any]:
 
 
 def collect_info() -> dict[str, Any]:
-    """Versions, devices, offline state, checkpoint locations and embedded checkpoints (JSON-serialisable)."""
-    import huggingface_hub
-    import torch
-    import transformers
-
+    """Versions, devices, offline state, checkpoint locations, embedded checkpoints and whether the installed stack
+    works (`stack`: `mmib_cli.stack.check_stack`), JSON-serialisable; a broken stack is reported, never raised."""
     from mmib_cli.storage.download import default_cache_dir, hub_endpoint
     from mmib_cli.storage.registry import load_registry, models_dir, registry_path
-    from mmib_cli.device import describe_hardware
     from mmib_cli.offline import is_offline
+    from mmib_cli.stack import check_stack
 
+    stack = [check.to_dict() for check in check_stack()]
     registry = load_registry()
     return {
         "mmib": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "huggingface_hub": huggingface_hub.__version__,
-        "hardware": describe_hardware(),
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "transformers": _version("transformers"),
+        "huggingface_hub": _version("huggingface_hub"),
+        "stack": stack,
+        "hardware": _hardware(stack),
         "offline": is_offline(),
         "hub_endpoint": hub_endpoint(),
         "checkpoint_lookup": {
@@ -64,16 +64,41 @@ def collect_info() -> dict[str, Any]:
     }
 
 
+def _version(name: str) -> str | None:
+    """The version an imported module reports (`2.14.1+cpu`), else its installed distribution's, else None."""
+    import sys
+
+    from mmib_cli.stack import installed_version
+
+    module = sys.modules.get(name)
+    return getattr(module, "__version__", None) or installed_version(name)
+
+
+def _hardware(stack: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`device.describe_hardware()`, or None when torch itself is broken."""
+    if not stack or not stack[0]["ok"]:
+        return None
+    from mmib_cli.device import describe_hardware
+
+    return describe_hardware()
+
+
 def render_info(facts: dict[str, Any]) -> str:
     """Human-readable `mmib info` text."""
     hw = facts["hardware"]
     lines = [
-        f"mmib {facts['mmib']} (python {facts['python']}, torch {facts['torch']}, "
-        f"transformers {facts['transformers']}, huggingface_hub {facts['huggingface_hub']})",
-        f"device: {hw['auto_device']} (CUDA {'yes' if hw['cuda_available'] else 'no'}, "
-        f"MPS {'yes' if hw['mps_available'] else 'no'}, torch threads {hw['torch_threads']})",
+        f"mmib {facts['mmib']} (python {facts['python']}, torch {facts['torch']}, torchvision "
+        f"{facts['torchvision']}, transformers {facts['transformers']}, huggingface_hub {facts['huggingface_hub']})",
     ]
-    if hw.get("cuda_devices"):
+    for check in facts["stack"]:
+        lines.append(f"stack: {check['name']} ok ({check['detail']})" if check["ok"] else
+                     f"stack: {check['name']} BROKEN: {check['detail']}; fix: {check['fix']}")
+    if hw is None:
+        lines.append("device: unknown (torch does not work)")
+    else:
+        lines.append(f"device: {hw['auto_device']} (CUDA {'yes' if hw['cuda_available'] else 'no'}, "
+                     f"MPS {'yes' if hw['mps_available'] else 'no'}, torch threads {hw['torch_threads']})")
+    if hw and hw.get("cuda_devices"):
         lines.append("cuda devices: " + ", ".join(hw["cuda_devices"]))
     mode = "offline (use --online or MMIB_OFFLINE=0 to reach the hub)" if facts["offline"] else "online"
     lines.append(f"network: {mode}; hub endpoint {facts['hub_endpoint']}")

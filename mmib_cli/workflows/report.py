@@ -21,7 +21,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmib_cli.io.outputs import field_mapping, field_objects, field_offset, field_score, read_output
+from mmib_cli.console import Progress
+from mmib_cli.io.sniff import file_lines_total
+from mmib_cli.io.outputs import (OutputTally, field_mapping, field_objects, field_offset, field_score,
+                                 read_output)
 from mmib_cli.io.safefile import display_path
 from mmib_cli.io.textfile import check_writable, write_text_output
 
@@ -229,19 +232,25 @@ def _script_json(value: Any) -> str:
     return text
 
 
+_LABEL_CHARS = 60
+"""Chart labels longer than this are shortened (the full label is in the bar's tooltip)."""
+
+
 def _bar_chart(title: str, counts: list[tuple[str, int]], *, colour: str | None = None) -> str:
-    """A horizontal bar chart as inline SVG (labels escaped)."""
+    """A horizontal bar chart as inline SVG (labels escaped), its label column as wide as its longest label."""
     esc = html.escape
     if not counts:
         return f'<figure class="chart"><figcaption>{esc(title)}</figcaption><p class="none">none</p></figure>'
     top = max(n for _, n in counts) or 1
-    row, label_w, bar_w = 18, 150, 170
-    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{label_w + bar_w + 60}" '
+    shorts = [label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "…" for label, _ in counts]
+    row, bar_w = 18, 170
+    label_w = 12 + 7 * max(len(short) for short in shorts)  # about 7 px per character at 11 px
+    number_w = 10 + 7 * len(str(top))
+    parts = [f'<svg role="img" aria-label="{esc(title)}" width="{label_w + bar_w + number_w}" '
              f'height="{row * len(counts) + 4}" xmlns="http://www.w3.org/2000/svg">']
-    for i, (label, n) in enumerate(counts):
+    for i, ((label, n), short) in enumerate(zip(counts, shorts)):
         y = i * row + 2
         fill = colour or LABEL_COLOURS.get(label, "#c8c8c8")
-        short = label if len(label) <= 24 else label[:23] + "…"
         parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{esc(short)}</text>'
                      f'<rect x="{label_w}" y="{y}" width="{max(1, round(bar_w * n / top))}" height="{row - 4}" '
                      f'fill="{fill}"><title>{esc(label)}: {n}</title></rect>'
@@ -251,16 +260,22 @@ def _bar_chart(title: str, counts: list[tuple[str, int]], *, colour: str | None 
 
 
 def _histogram(title: str, bins: list[int]) -> str:
-    """Entity score histogram (10 bins over [0, 1]) as inline SVG."""
-    top, width, height = max(bins) or 1, 24, 90
+    """Entity score histogram (10 bins over [0, 1]) as inline SVG, each bar with its count above it."""
+    top, width, height, head = max(bins) or 1, 30, 90, 14
     parts = [f'<svg role="img" aria-label="{html.escape(title)}" width="{width * len(bins) + 10}" '
-             f'height="{height + 18}" xmlns="http://www.w3.org/2000/svg">']
+             f'height="{head + height + 18}" xmlns="http://www.w3.org/2000/svg">']
     for i, n in enumerate(bins):
         h = round(height * n / top)
-        parts.append(f'<rect x="{i * width + 5}" y="{height - h}" width="{width - 3}" height="{h}" fill="#7a9cc6">'
-                     f'<title>{i / len(bins):.1f}–{(i + 1) / len(bins):.1f}: {n}</title></rect>')
-    parts.append(f'<text x="5" y="{height + 14}">0</text><text x="{width * len(bins) - 5}" y="{height + 14}">1</text>'
-                 "</svg>")
+        x = i * width + 5
+        parts.append(f'<rect x="{x}" y="{head + height - h}" width="{width - 3}" height="{h}" fill="#7a9cc6" '
+                     f'data-bin="{i}" data-count="{n}"><title>{i / len(bins):.1f}–{(i + 1) / len(bins):.1f}: {n}'
+                     '</title></rect>')
+        if n:
+            parts.append(f'<text class="count" x="{x + (width - 3) / 2:g}" y="{head + height - h - 3}" '
+                         f'text-anchor="middle">{n}</text>')
+    parts.append(f'<text x="5" y="{head + height + 14}">0</text>'
+                 f'<text x="{width * len(bins) / 2 + 5:g}" y="{head + height + 14}" text-anchor="middle">score</text>'
+                 f'<text x="{width * len(bins) + 5}" y="{head + height + 14}" text-anchor="end">1</text></svg>')
     return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}</figure>'
 
 
@@ -302,6 +317,21 @@ def render_report(views: list[dict[str, Any]], thumbs: list[str], summary: Summa
     return "".join(values.get(part, part) for part in parts)
 
 
+def _warn_image_problems(thumbs: _Thumbnails, opts: ReportOptions) -> None:
+    """One warning naming where relative image paths were looked for and the option that changes it, then the
+    first few problems."""
+    if not thumbs.problems:
+        return
+    if opts.image_root:
+        where = f"relative image paths resolve against --image-root {opts.image_root}"
+    else:
+        where = (f"relative image paths resolve against INPUT's folder {thumbs.base_dir}; pass --image-root DIR "
+                 "when they are relative to another folder, such as the annotated posts' folder")
+    logger.warning("%d photos have no thumbnail (%s)", len(thumbs.problems), where)
+    for path, problem in list(thumbs.problems.items())[:5]:
+        logger.warning("no thumbnail for %s: %s", path, problem)
+
+
 def build_report(opts: ReportOptions) -> ReportResult:
     """Read an annotation output, select records, make thumbnails and write the HTML page atomically.
 
@@ -312,16 +342,20 @@ def build_report(opts: ReportOptions) -> ReportResult:
     out = Path(opts.output)
     check_writable(out, force=opts.force, inputs=[opts.input])
     summary = Summary()
-    records = select_records(read_output(opts.input, limit=opts.limit), summary, sample=opts.sample, seed=opts.seed)
+    tally = OutputTally()
+    with Progress("mmib report: reading", total=file_lines_total(opts.input, opts.limit), unit="lines") as progress:
+        records = select_records(tally.watch(progress.iterate(read_output(opts.input, limit=opts.limit))), summary,
+                                 sample=opts.sample, seed=opts.seed)
+    tally.check(opts.input, "report")
     base_dir = Path.cwd() if opts.input == "-" else Path(opts.input).resolve().parent
     thumbs = _Thumbnails(base_dir, Path(opts.image_root) if opts.image_root else None, opts.thumb_size,
                          confine=opts.confine_images)
-    views = [_view(record, thumbs) for record in records]
+    with Progress("mmib report: posts and photos", total=len(records)) as progress:
+        views = [_view(record, thumbs) for record in progress.iterate(records)]
     title = opts.title or f"mmib report: {display_path(Path(opts.input).name)}"
     page = render_report(views, thumbs.uris, summary, title=title, page_size=opts.page_size)
     write_text_output(out, page, force=opts.force, inputs=[opts.input])
-    for path, problem in list(thumbs.problems.items())[:5]:
-        logger.warning("no thumbnail for %s: %s", display_path(path), problem)
+    _warn_image_problems(thumbs, opts)
     logger.info("report %s: %d of %d posts shown, %d thumbnails", display_path(out), len(views), summary.posts,
                 len(thumbs.uris))
     return ReportResult(out, summary, len(views), len(thumbs.uris), len(thumbs.problems))

@@ -204,7 +204,7 @@ def train(opts: TrainOptions) -> TrainResult:
         loader.generator.manual_seed(opts.seed + epoch)
         totals = _train_epoch(loaded.model, loader, optimizer, scheduler, precision, opts, epoch, device)
         loaded.model.eval()
-        metrics = score_examples(loaded, valid_set)
+        metrics = score_examples(loaded, valid_set, description=f"epoch {epoch}/{opts.epochs} valid")
         _record_epoch(state, epoch, totals, len(loader), metrics, time.perf_counter() - start)
         if state["best_epoch"] == epoch:
             _save(loaded, out, opts)
@@ -228,7 +228,7 @@ def _score_start(loaded: LoadedModel, valid_set: Examples, state: dict[str, Any]
     say) never leaves a model that selects worse than the one it started from.
     """
     loaded.model.eval()
-    metrics = score_examples(loaded, valid_set)
+    metrics = score_examples(loaded, valid_set, description="epoch 0 valid")
     record = {"epoch": 0, **_valid_fields(metrics), "seconds": round(seconds, 1)}
     state["history"].append(record)
     state.update(best_f1=metrics["f1"], best_epoch=0, best_valid=metrics)
@@ -392,7 +392,7 @@ def _train_epoch(model, loader: DataLoader, optimizer, scheduler, precision: _Au
     model.train()
     scaler = precision.scaler()
     totals = dict.fromkeys(LOSS_KEYS, 0.0)
-    with Progress(f"epoch {epoch}/{opts.epochs}", total=len(loader)) as progress:
+    with Progress(f"epoch {epoch}/{opts.epochs}", total=len(loader), unit="batches") as progress:
         for step, batch in enumerate(loader, 1):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with precision.autocast():
