@@ -78,8 +78,8 @@ def pipeline_options(func: F) -> F:
 
 
 RUN_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Input and output", ("output", "id_field", "text_field", "image_field", "image_root", "on_missing_image",
-                          "limit", "shard", "resume", "force")),
+    ("Input and output", ("output", "id_field", "text_field", "image_field", "image_root", "confine_images",
+                          "on_missing_image", "limit", "shard", "resume", "force")),
     ("Model", ("model", "device", "dtype")),
     ("Relations", ("relations", "pair", "min_score", "keep_none", "type_constraints", "max_pairs")),
     ("Performance", ("batch_size", "max_tokens", "num_workers", "progress")),

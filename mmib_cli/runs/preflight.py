@@ -21,13 +21,17 @@ def check_output_target(output: str, *, force: bool = False, resume: bool = Fals
     """Fail fast on an output the writer (`io.writer.AtomicJSONLWriter`) would refuse.
 
     Raises:
-        UsageError: a directory; `--resume` into a FIFO or device.
+        UsageError: a directory; a name too long for its sidecar files; `--resume` into a FIFO or device.
         OutputExists: the output (or a non-empty `OUTPUT.partial`) exists, without `--force` or `--resume`.
         MMIBError: the output's folder is missing or not writable.
     """
+    from mmib_cli.io.safefile import check_output_name
+    from mmib_cli.io.writer import SIDECAR_SUFFIXES
+
     if output == "-" or is_uri(output):
         return
     target = Path(os.path.realpath(output))
+    check_output_name(target, SIDECAR_SUFFIXES)
     try:
         info: os.stat_result | None = os.stat(target)
     except FileNotFoundError:
