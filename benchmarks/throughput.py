@@ -48,7 +48,7 @@ def pipeline_chunks(annotator: Any, posts_path: Path, args: argparse.Namespace) 
     opts = RunOptions(task="annotate", input_path=str(posts_path), output="-", batch_size=args.batch_size,
                       chunk_size=args.chunk_size)
     settings = annotator.prepare_settings(**opts.prepare_fields())
-    return iter(pipeline._ChunkSource(opts, settings, opts.chunk_rule))
+    return (chunk for chunk, _digests in pipeline._ChunkSource(opts, settings, opts.chunk_rule))
 
 
 def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace) -> tuple[list[dict], int, int]:
@@ -63,7 +63,6 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
 
     loaded = annotator.ner
     device, featurizer = annotator.device, loaded.featurizer
-    rows = inference.rows_per_call(device)
     buckets: dict[int, list] = {}
     count = chunks = 0
     for chunk in pipeline_chunks(annotator, posts_path, args):
@@ -79,6 +78,7 @@ def prepared_batches(annotator: Any, posts_path: Path, args: argparse.Namespace)
     filler = inference.WindowRunner(loaded.model, featurizer, "ner").filler
     batches: list[dict] = []
     for length, members in sorted(buckets.items()):
+        rows = inference.rows_per_call(device, length)
         for start in range(0, len(members), rows):
             part = members[start: start + rows]
             windows = [w for w, _ in part] + [filler] * (rows - len(part))
@@ -123,9 +123,11 @@ def time_pipeline(annotator: Any, posts_path: Path, out_dir: Path, args: argpars
 
     from mmib_cli.runs import RunOptions
 
-    try:
-        from mmib_cli.engines.local import run_pipeline
-    except ImportError:  # a --baseline-src tree from before mmib_cli/engines/
+    import importlib
+
+    try:  # a --baseline-src tree from before mmib_cli/engines/ (tried first: an editable install of this tree would
+        run_pipeline = importlib.import_module("mmib_cli" + ".pipeline").run_pipeline  # lend it engines/ from here)
+    except ImportError:
         from mmib_cli.engines.local import run_pipeline
 
     opts = RunOptions(task="annotate", input_path=str(posts_path), output=str(out_dir / "out.jsonl"),
@@ -199,8 +201,7 @@ def baseline_cost(kind: str, posts: Path, args: argparse.Namespace) -> dict[str,
 
 def time_pipeline_once(posts: Path, args: argparse.Namespace) -> None:
     """`--time-pipeline`: one warm-up and one timed `run_pipeline` of the code on `sys.path`; prints JSON."""
-    ckpt = build_checkpoint(CACHE / f"{args.model_kind}-ner-{args.encoder_tuning.replace(':', '')}",
-                            args.model_kind, encoder_tuning=args.encoder_tuning)
+    ckpt = CACHE / f"{args.model_kind}-ner-{args.encoder_tuning.replace(':', '')}"  # built by the parent run
     annotator = load_annotator(ckpt, args)
     with tempfile.TemporaryDirectory(prefix="mmib-bench-") as tmp:
         time_pipeline(annotator, posts, Path(tmp), args)

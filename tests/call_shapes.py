@@ -67,14 +67,14 @@ def shape_violations(calls: list[Call], annotator: Any) -> list[str]:
     """Every call whose shape is not a function of each row it computes (empty when the design holds)."""
     from mmib_cli.annotation.forward import CRF_ROWS, IMAGE_BATCH, bucket_length, rows_per_call, word_bucket
 
-    rows = rows_per_call(annotator.device)
     problems = []
-    text_shapes: dict[str, list[tuple[int, ...]]] = {"ner": [], "re": []}
+    last_text: dict[str, tuple[int, ...]] = {}  # the latest text call of each task
     for call in calls:
         if call.part == "text":
             max_length = getattr(annotator, call.task).featurizer.max_length
             count, length = call.shape
-            text_shapes[call.task].append(call.shape)
+            last_text[call.task] = call.shape
+            rows = rows_per_call(annotator.device, length)
             if count != rows:
                 problems.append(f"{call.task} text call of {count} rows, not {rows}")
             for n in call.lengths:
@@ -89,12 +89,10 @@ def shape_violations(calls: list[Call], annotator: Any) -> list[str]:
             for n in call.lengths:
                 if n > 1 and word_bucket(n) != words:  # 1 word: an empty row, or a one-word post (bucket 8)
                     problems.append(f"a post of {n} words in a CRF call padded to {words}")
-    for call in calls:  # the classifier runs inside a text call: same rows (NER: words padded to the length)
-        if call.part == "classifier" and call.shape[0] != rows:
-            problems.append(f"{call.task} classifier call of {call.shape[0]} rows, not {rows}")
-        if call.part == "classifier" and call.task == "ner" and call.shape[1] not in {s[1] for s in
-                                                                                    text_shapes["ner"]}:
-            problems.append(f"NER classifier call over {call.shape[1]} words, no text call of that length")
+        elif call.part == "classifier":  # inside its text call: the same rows (NER: words padded to the length)
+            text = last_text.get(call.task)
+            if text is None or call.shape[0] != text[0] or (call.task == "ner" and call.shape[1] != text[1]):
+                problems.append(f"{call.task} classifier call of shape {call.shape} in a text call of {text}")
     return problems
 
 

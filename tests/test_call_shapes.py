@@ -93,14 +93,14 @@ def test_every_model_call_has_a_shape_that_depends_only_on_what_it_computes(anno
 
 def test_the_shape_check_fails_on_calls_sized_by_their_batch_mates(annotator, sample_images, tmp_path, monkeypatch):
     """The check above is not vacuous: calls that hold only the windows at hand (today's batching) fail it."""
+    from mmib_cli.annotation import forward
+
     real = WindowRunner._call
 
     def unpadded(self, entries, length):
-        saved, self.rows = self.rows, len(entries)
-        try:
+        with monkeypatch.context() as patch:
+            patch.setattr(forward, "rows_per_call", lambda device, length: len(entries))
             return real(self, entries, length)
-        finally:
-            self.rows = saved
 
     monkeypatch.setattr(WindowRunner, "_call", unpadded)
     calls = _run(annotator, _mix(sample_images, 30, random.Random(SEED)), tmp_path, task="annotate", relations=True)

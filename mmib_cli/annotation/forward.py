@@ -2,7 +2,7 @@
 
 Reproducibility by construction: every call into the model has a shape that is a function of the window (or post,
 or photo) it computes, never of what else is in the input. A window of `n` pieces always runs in a call of exactly
-`rows_per_call(device)` rows padded to `bucket_length(n)` pieces, empty rows filling what its bucket mates do not;
+`rows_per_call(device, L)` rows padded to `L = bucket_length(n)` pieces, empty rows filling what its bucket mates do not;
 a post's CRF decode runs in a call of `CRF_ROWS` rows padded to `word_bucket(words)`; photos go through the image
 path `IMAGE_BATCH` at a time. So a window's bits depend only on that window, on any CPU whose kernels do not look
 at the data: batch mates, chunking, sharding, resuming and engines cannot change them. No constant here is a
@@ -30,9 +30,12 @@ LENGTH_BUCKETS = (16, 24, 32, 40, 48, 64, 96, 128)
 where most tweet windows fall, coarser above: a piece costs about the same at every length (benchmarks/README.md),
 so finer buckets waste fewer padded pieces, while each bucket can leave one partly empty call at the end of a run."""
 
-ROWS_PER_CALL = {"cpu": 8, "cuda": 32}
-"""Rows of every text forward call, by device type (other devices take the CUDA figure). On CPU, 8 and 16 rows cost
-the same per row (benchmarks/README.md); 8 halves what a partly empty call costs at the end of a run."""
+PIECES_PER_CALL = {"cpu": 512, "cuda": 4096}
+"""About how many pieces (rows x padded length) a text call holds, by device type (other devices take the CUDA
+figure): a call of bucket length L has `rows_per_call(device, L)` rows, so short windows run 32 to a call and long
+ones 4, and every call gives its matrix products about the same work. On CPU at 2 threads a row of 16 pieces cost
+2.5 ms in calls of 32 rows against 3.5 ms in calls of 8, while at 48 pieces 8 to 16 rows were best
+(benchmarks/README.md); a partly empty call at the end of a run costs about the same for every bucket."""
 
 IMAGE_BATCH = 16
 """Photos per image-path call (backbone, grid pooling, projection); the last call of a batch is filled with blank
@@ -71,9 +74,10 @@ def word_bucket(words: int) -> int:
     return -(-words // step) * step
 
 
-def rows_per_call(device: torch.device) -> int:
-    """Rows of every text forward call on `device`."""
-    return ROWS_PER_CALL["cpu" if device.type == "cpu" else "cuda"]
+def rows_per_call(device: torch.device, length: int) -> int:
+    """Rows of every text call of bucket length `length` on `device` (between 4 and 64)."""
+    pieces = PIECES_PER_CALL["cpu" if device.type == "cpu" else "cuda"]
+    return max(4, min(64, pieces // length))
 
 
 class CallFailed(Exception):
@@ -115,7 +119,6 @@ class WindowRunner:
     def __init__(self, model: nn.Module, featurizer, task: str, *, record_shapes: bool = False) -> None:
         self.model, self.featurizer, self.task = model, featurizer, task
         self.device = next(model.parameters()).device
-        self.rows = rows_per_call(self.device)
         self.max_length = featurizer.max_length
         self.queues: dict[int, list[_Entry]] = {}
         self.filler = Window([featurizer.cls_id, featurizer.sep_id], [0, 0])
@@ -141,9 +144,10 @@ class WindowRunner:
         """Run every bucket that holds a full call, shortest bucket first."""
         for length in sorted(self.queues):
             queue = self.queues[length]
-            while len(queue) >= self.rows:
-                entries = queue[: self.rows]
-                del queue[: self.rows]
+            rows = rows_per_call(self.device, length)
+            while len(queue) >= rows:
+                entries = queue[:rows]
+                del queue[:rows]
                 self._run(entries, length)
 
     def run_stale(self, before: int) -> None:
@@ -152,8 +156,9 @@ class WindowRunner:
             queue = self.queues[length]
             if queue and queue[0].since < before:
                 del self.queues[length]
-                for start in range(0, len(queue), self.rows):
-                    self._run(queue[start: start + self.rows], length)
+                rows = rows_per_call(self.device, length)
+                for start in range(0, len(queue), rows):
+                    self._run(queue[start: start + rows], length)
 
     def flush(self) -> None:
         """Run every queued window (the last call of a bucket padded with empty rows)."""
@@ -178,14 +183,15 @@ class WindowRunner:
             entry.done(result)
 
     def _call(self, entries: list[_Entry], length: int) -> list[torch.Tensor]:
-        rows = [e.window for e in entries] + [self.filler] * (self.rows - len(entries))
+        count = rows_per_call(self.device, length)
+        rows = [e.window for e in entries] + [self.filler] * (count - len(entries))
         words = length if self.task == "ner" else None
         batch = self.featurizer.collate(rows, self.task, length=length, words=words)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()
                  if k not in ("labels", "label_weights")}
         if self.uses_images:
-            tokens = self.model.no_image_tokens.new_zeros((self.rows, *self.model.no_image_tokens.shape))
-            present = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+            tokens = self.model.no_image_tokens.new_zeros((count, *self.model.no_image_tokens.shape))
+            present = torch.zeros(count, dtype=torch.bool, device=self.device)
             for i, entry in enumerate(entries):
                 if entry.image is not None:
                     tokens[i], present[i] = entry.image, True
