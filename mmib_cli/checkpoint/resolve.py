@@ -83,7 +83,7 @@ def _check_layout(directory: Path, what: str) -> None:
             f"{what} ({directory}) is not an mmib checkpoint: it has neither {CONFIG_NAME} nor {BUNDLE_NAME}"
         )
     for text_encoder in _text_encoders(directory):
-        required_encoder_missing(text_encoder, what)
+        required_encoder_missing(text_encoder, f"{what} ({directory})")
 
 
 def _text_encoders(directory: Path) -> list[dict]:
