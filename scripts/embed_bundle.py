@@ -1,4 +1,4 @@
-"""Embed trained NER + RE checkpoints as a registry bundle in models/ and update its registry entry; run from the repo root.
+"""Embed trained NER + RE checkpoints as a bundle in models/ and update its registry entry; run from the repo root.
 
     python scripts/embed_bundle.py --name mmib-base --ner RUN/ner --re RUN/re \
         --score twitter2015-test=t15.json --score twitter2017-test=t17.json --score mnre-test=mnre.json \

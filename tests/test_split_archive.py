@@ -142,8 +142,9 @@ def test_the_mpnet_spec_lists_five_parts_in_order_and_the_model_files():
 @pytest.fixture
 def mpnet_not_installed(monkeypatch):
     """mpnet-base as if the mmib[base] extra were not installed (whatever this environment has)."""
+    parts = split_archive.MPNET_BASE.parts
     absent = dataclasses.replace(split_archive.MPNET_BASE, parts=tuple(
-        dataclasses.replace(part, distribution=f"absent-{part.distribution}") for part in split_archive.MPNET_BASE.parts))
+        dataclasses.replace(part, distribution=f"absent-{part.distribution}") for part in parts))
     monkeypatch.setitem(split_archive.SPLIT_TEXT_ENCODERS, "mpnet-base", absent)
     return absent
 
@@ -243,7 +244,7 @@ def test_the_base_tier_entry_names_its_encoder_extra():
     from mmib_cli.checkpoint.serialization import read_bundle
 
     spec = load_registry()["mmib-base"]
-    assert spec.extra["extra"] == "base" and spec.source == "embedded"
+    assert spec.extra["requires_extra"] == "base" and spec.source == "embedded"
     directory = spec.checkpoint_dir()
     if not spec.shipped:
         assert not spec.files and not (directory / "bundle.json").exists()

@@ -11,7 +11,8 @@ File layout::
 `source` is "embedded" (a directory shipped in the package, `path` relative to the registry file's directory) or
 "hub" (`repo_id` downloaded at the pinned `revision`). `MMIB_REGISTRY` overrides the registry file. Optional keys:
 `"shipped": false` lists a model whose files are not in this release (resolving it fails with its `_docs`),
-`"extra"` names the mmib extra its base encoder needs, `"size_mb"` / `"posts_per_s_cpu"` feed `mmib models`.
+`"requires_extra"` names the mmib extra its base encoder needs; `"encoder"` (name, size_mb) and `"posts_per_s_cpu"`
+feed `mmib models`.
 """
 from __future__ import annotations
 
