@@ -216,13 +216,34 @@ def test_lora_on_mpnet_adapts_every_attention_projection():
     assert all("lora_" in name for name, p in encoder.named_parameters() if p.requires_grad)
 
 
+def test_lora_on_roberta_keeps_the_bert_names_and_every_attention_projection_is_checked(monkeypatch):
+    from transformers import RobertaConfig, RobertaModel
+
+    from mmib_cli.model import tuning
+
+    config = RobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64)
+    encoder = RobertaModel(config)
+    tuning.apply_encoder_tuning(encoder, "lora:4")
+    assert any("attention.self.query.lora_A" in name for name, _ in encoder.named_parameters())
+    # targets that miss the attention projections (BERT's names on MPNet did) are refused, not half-applied
+    from transformers import MPNetConfig, MPNetModel
+
+    monkeypatch.setitem(tuning.LORA_TARGETS_BY_MODEL_TYPE, "mpnet", tuning.LORA_TARGETS)
+    mpnet = MPNetModel(MPNetConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=64))
+    with pytest.raises(ValueError, match="attn.q"):
+        tuning.apply_encoder_tuning(mpnet, "lora:4")
+
+
 def test_lora_refuses_an_encoder_type_it_has_no_targets_for():
-    from transformers import DistilBertConfig, DistilBertModel
+    from transformers import AlbertConfig, AlbertModel
 
     from mmib_cli.model.tuning import apply_encoder_tuning
 
-    encoder = DistilBertModel(DistilBertConfig(vocab_size=40, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    with pytest.raises(ValueError, match="distilbert"):
+    encoder = AlbertModel(AlbertConfig(vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="albert"):
         apply_encoder_tuning(encoder, "lora:4")
 
 
