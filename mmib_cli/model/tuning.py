@@ -9,6 +9,29 @@ from torch import nn
 LORA_TARGETS = ["query", "key", "value", "dense"]
 """Names of the BERT projections that receive LoRA adapters (attention and feed-forward)."""
 
+LORA_TARGETS_BY_MODEL_TYPE = {
+    **{name: LORA_TARGETS for name in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
+    "mpnet": ["q", "k", "v", "o", "dense"],  # MPNet names its attention projections attn.q/k/v/o
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+}
+"""LoRA target names per `config.model_type`: attention and feed-forward projections of every layer. An encoder
+type missing here is refused rather than adapted on the wrong modules (BERT's names on MPNet would silently match
+only its feed-forward `dense` layers)."""
+
+
+def lora_targets(text_encoder: nn.Module) -> list[str]:
+    """The LoRA target names for this encoder (by its `config.model_type`; a model without a config is BERT-like).
+
+    Raises:
+        ValueError: an encoder type whose projection names are not known.
+    """
+    model_type = getattr(getattr(text_encoder, "config", None), "model_type", "bert")
+    if model_type not in LORA_TARGETS_BY_MODEL_TYPE:
+        raise ValueError(f"LoRA: no adapter targets known for text encoders of type {model_type!r} "
+                         f"(known: {', '.join(sorted(LORA_TARGETS_BY_MODEL_TYPE))})")
+    return LORA_TARGETS_BY_MODEL_TYPE[model_type]
+
 
 def apply_encoder_tuning(text_encoder: nn.Module, tuning: str) -> None:
     """Set `requires_grad` on the text encoder, in place.
@@ -49,10 +72,21 @@ def inject_lora(text_encoder: nn.Module, rank: int) -> None:
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=lora_targets(text_encoder))
     inject_adapter_in_model(config, text_encoder)
+    bare = _attention_linears_without_adapter(text_encoder)
+    if bare:
+        raise ValueError(f"LoRA: the targets {config.target_modules} left attention projections without adapters "
+                         f"(e.g. {', '.join(bare[:3])})")
     for name, param in text_encoder.named_parameters():
         param.requires_grad = "lora_" in name
+
+
+def _attention_linears_without_adapter(text_encoder: nn.Module) -> list[str]:
+    """Plain linear layers inside attention blocks that received no adapter (peft wraps each adapted one)."""
+    return [name for name, module in text_encoder.named_modules()
+            if type(module) is nn.Linear and ("attention" in name or "attn" in name)
+            and ".base_layer" not in name and ".lora_" not in name]
 
 
 def lora_rank(tuning: str) -> int | None:

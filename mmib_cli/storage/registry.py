@@ -9,7 +9,10 @@ File layout::
                                  "recipe": "...", "_docs": "...", "card": "README.md"}}}
 
 `source` is "embedded" (a directory shipped in the package, `path` relative to the registry file's directory) or
-"hub" (`repo_id` downloaded at the pinned `revision`). `MMIB_REGISTRY` overrides the registry file.
+"hub" (`repo_id` downloaded at the pinned `revision`). `MMIB_REGISTRY` overrides the registry file. Optional keys:
+`"shipped": false` lists a model whose files are not in this release (resolving it fails with its `_docs`),
+`"requires_extra"` names the mmib extra its base encoder needs; `"encoder"` (name, size_mb) and `"posts_per_s_cpu"`
+feed `mmib models`.
 """
 from __future__ import annotations
 
@@ -73,6 +76,11 @@ class CheckpointSpec:
     card: str | None = None
     base_dir: Path | None = field(default=None, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def shipped(self) -> bool:
+        """False for an entry marked `"shipped": false` (listed, but its files are not in this release)."""
+        return self.extra.get("shipped", True) is not False
 
     def checkpoint_dir(self) -> Path:
         """Directory of an embedded checkpoint.
@@ -225,6 +233,8 @@ def _check_files(files: Any, where: str) -> None:
 
 def _check_meta(entry: dict[str, Any], where: str) -> None:
     """`num_params` is a count (or null) and `_metrics` maps dataset → {metric: number}."""
+    if not isinstance(entry.get("shipped", True), bool):
+        raise _fail(where, f"'shipped' must be true or false, got {entry['shipped']!r}")
     num_params = entry["num_params"]
     if num_params is not None and (not isinstance(num_params, int) or isinstance(num_params, bool) or num_params < 0):
         raise _fail(where, f"'num_params' must be a non-negative integer or null, got {num_params!r}")

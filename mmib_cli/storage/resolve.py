@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmib_cli._version import __version__
 from mmib_cli.storage.download import download_checkpoint
-from mmib_cli.storage.registry import CheckpointSpec, load_registry
 from mmib_cli.storage.format import BUNDLE_NAME, CONFIG_NAME, read_bundle
+from mmib_cli.storage.registry import CheckpointSpec, load_registry
 from mmib_cli.storage.verify import verify_files
 from mmib_cli.errors import CheckpointNotFound, InvalidCheckpoint
+from mmib_cli.storage.split_archive import check_encoder_installed
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +77,32 @@ def _checkpoint_version(directory: Path) -> str | None:
 
 
 def _check_layout(directory: Path, what: str) -> None:
+    """An mmib checkpoint or bundle whose base text encoders are installed (a missing optional extra fails here,
+    before anything is loaded or read, with the command that installs it)."""
     if not (directory / CONFIG_NAME).is_file() and not (directory / BUNDLE_NAME).is_file():
         raise InvalidCheckpoint(
             f"{what} ({directory}) is not an mmib checkpoint: it has neither {CONFIG_NAME} nor {BUNDLE_NAME}"
         )
+    for text_encoder in _text_encoders(directory):
+        check_encoder_installed(text_encoder, f"{what} ({directory})")
+
+
+def _text_encoders(directory: Path) -> list[dict]:
+    """The `text_encoder` specs of a checkpoint's (or bundle's) configs; unreadable configs are left to the loader."""
+    try:
+        parts = list((read_bundle(directory) or {"model": directory}).values())
+    except (OSError, ValueError, InvalidCheckpoint):
+        return []
+    specs = []
+    for part in parts:
+        try:
+            config = json.loads((Path(part) / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        spec = config.get("text_encoder") if isinstance(config, dict) else None
+        if isinstance(spec, dict):
+            specs.append(spec)
+    return specs
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -103,6 +127,11 @@ def _resolve_registry(
     token: str | None,
     online: bool | None,
 ) -> ResolvedModel:
+    if not spec.shipped:
+        raise CheckpointNotFound(
+            f"registry model {spec.name!r} is listed but not shipped in mmib {__version__}: {spec._docs} "
+            "(see `mmib models`)"
+        )
     if spec.source == "embedded":
         directory = spec.checkpoint_dir()
         if not directory.is_dir():

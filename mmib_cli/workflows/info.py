@@ -12,7 +12,8 @@ from mmib_cli._version import __version__
 def _embedded_status(spec: Any) -> dict[str, Any]:
     """Whether an embedded checkpoint's files are present, and what its config says about images."""
     directory = spec.checkpoint_dir()
-    status: dict[str, Any] = {"path": str(directory), "present": directory.is_dir() and bool(spec.files)}
+    status: dict[str, Any] = {"path": str(directory), "present": directory.is_dir() and bool(spec.files),
+                              "shipped": spec.shipped}
     if not status["present"]:
         return status
     from mmib_cli.storage.format import read_bundle
@@ -109,7 +110,7 @@ def render_info(facts: dict[str, Any]) -> str:
     lines.append(f"  hub cache: {lookup['hub_cache']}")
     for name, status in facts["embedded"].items():
         if not status["present"]:
-            lines.append(f"embedded {name}: not present")
+            lines.append(f"embedded {name}: {'not present' if status['shipped'] else 'not shipped in this release'}")
             continue
         tasks = ", ".join(
             f"{task} ({'trained with images' if t['trained_with_images'] else 'text only: trained without images'})"
@@ -118,16 +119,43 @@ def render_info(facts: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MODEL_COLUMNS = (
+    ("T15", "twitter2015-test", "entity_micro_f1"),
+    ("T17", "twitter2017-test", "entity_micro_f1"),
+    ("MNRE", "mnre-test", "micro_f1"),
+    ("WNUT17", "wnut17-dev-per-loc-org", "entity_micro_f1"),
+)
+"""`mmib models` score columns: header, registry `_metrics` dataset, metric (F1 on each test set; WNUT-17 dev
+PER/LOC/ORG is the out-of-domain check)."""
+
+
+def _files_mb(spec: Any) -> float | None:
+    """Size of an embedded checkpoint's own files (adapters, heads, configs), None when they are not here."""
+    directory = spec.checkpoint_dir()
+    paths = [directory.joinpath(*relpath.split("/")) for relpath in spec.files]
+    if not paths or not all(path.is_file() for path in paths):
+        return None
+    return round(sum(path.stat().st_size for path in paths) / 1e6, 1)
+
+
 def list_models() -> list[dict[str, Any]]:
-    """Registry entries with their local availability (embedded present / hub snapshot cached)."""
+    """Registry entries with their local availability (embedded present / hub snapshot cached), size, speed and
+    scores, so the tiers can be compared side by side."""
     from mmib_cli.storage.registry import load_registry
 
     rows = []
-    for name, spec in sorted(load_registry().items()):
+    for name, spec in load_registry().items():  # registry order: the default first
         row = {"name": name, "source": spec.source, "revision": spec.revision, "license": spec.license,
-               "docs": spec._docs, "metrics": spec._metrics}
-        if spec.source == "embedded":
+               "docs": spec._docs, "metrics": spec._metrics, "encoder": spec.extra.get("encoder") or {},
+               "posts_per_s_cpu": spec.extra.get("posts_per_s_cpu"),
+               "requires_extra": spec.extra.get("requires_extra"),
+               "scores": {label: spec._metrics.get(dataset, {}).get(metric)
+                          for label, dataset, metric in MODEL_COLUMNS}}
+        if not spec.shipped:
+            row["local"] = "not shipped"
+        elif spec.source == "embedded":
             row["local"] = "present" if _embedded_status(spec)["present"] else "missing"
+            row["size_mb"] = _files_mb(spec)
         else:
             row["repo_id"] = spec.repo_id
             row["local"] = "cached" if _hub_cached(spec.repo_id, spec.revision) else "not downloaded"
@@ -147,12 +175,32 @@ def _hub_cached(repo_id: str | None, revision: str | None) -> bool:
         return False
 
 
+def _size(row: dict[str, Any]) -> str:
+    own = row.get("size_mb")
+    encoder = row["encoder"].get("size_mb")
+    text = f"{own:g} MB" if own is not None else "-"
+    return text + (f" + {encoder:g} MB encoder" if encoder is not None else "")
+
+
 def render_models(rows: list[dict[str, Any]]) -> str:
-    """A plain table of registry entries (one line each)."""
+    """A plain table of registry entries, one line each: where it is, its size (own files + base encoder), CPU
+    speed and F1 per test set; then what each needs and is."""
     if not rows:
         return "no registry entries"
-    lines = [f"{'NAME':<22} {'SOURCE':<9} {'LOCAL':<15} DESCRIPTION"]
+    header = (f"{'NAME':<14} {'LOCAL':<14} {'SIZE':<26} {'POSTS/S CPU':>11} "
+              + " ".join(f"{label:>6}" for label, _, _ in MODEL_COLUMNS))
+    lines = [header]
+    for row in rows:
+        speed = row.get("posts_per_s_cpu")
+        scores = " ".join(f"{value:>6.2f}" if value is not None else f"{'-':>6}" for value in row["scores"].values())
+        lines.append(f"{row['name']:<14} {row['local']:<14} {_size(row):<26} "
+                     f"{(f'{speed:g}' if speed is not None else '-'):>11} {scores}")
+    lines.append("")
+    lines.append("F1 on the test sets of Twitter-2015 / Twitter-2017 (entities), MNRE (relations), and WNUT-17 dev "
+                 "(PER/LOC/ORG, out of domain); text only.")
     for row in rows:
         where = row.get("repo_id") or "package"
-        lines.append(f"{row['name']:<22} {row['source']:<9} {row['local']:<15} {row.get('docs') or ''} [{where}]")
+        needs = f"; needs: pip install \"mmib[{row['requires_extra']}]\"" if row.get("requires_extra") else ""
+        encoder = f"; encoder {row['encoder']['name']}" if row["encoder"].get("name") else ""
+        lines.append(f"{row['name']}: {row.get('docs') or ''} [{row['source']}, {where}{encoder}{needs}]")
     return "\n".join(lines)
