@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import invoke
-from mmib_cli import split_archive
+from mmib_cli.storage import split_archive
 from mmib_cli.errors import ChecksumMismatch, CheckpointNotFound, EncoderUnavailable, ExitCode
 from mmib_cli.storage.split_archive import ArchivePart, SplitArchive, check_encoder_installed, materialize, missing_parts
 

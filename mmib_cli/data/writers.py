@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from mmib_cli.data.conll import IMGID_PREFIX, ConllSentence, fix_bio, normalise_tag
 from mmib_cli.data.mnre import MAX_LINE_CHARS, MNREInstance
@@ -119,16 +120,7 @@ def write_conll(path: str | Path, sentences: Iterable[ConllSentence]) -> int:
 
     A sentence that cannot be written so that it reads back the same is left out with a warning.
     """
-    blocks = []
-    for sentence in sentences:
-        try:
-            blocks.append(conll_block(sentence))
-        except UnwritableExample as exc:
-            logger.warning("%s: sentence of line %s left out: %s", path, sentence.line, exc)
-    from mmib_cli.storage.format import atomic_write
-
-    atomic_write(Path(path), "".join(blocks))
-    return len(blocks)
+    return _write_readable(path, sentences, conll_block, "sentence")
 
 
 def write_mnre(path: str | Path, instances: Iterable[MNREInstance]) -> int:
@@ -136,13 +128,18 @@ def write_mnre(path: str | Path, instances: Iterable[MNREInstance]) -> int:
 
     An instance that cannot be written so that it reads back the same is left out with a warning.
     """
-    lines = []
-    for instance in instances:
-        try:
-            lines.append(mnre_line(instance))
-        except UnwritableExample as exc:
-            logger.warning("%s: instance of line %s left out: %s", path, instance.line, exc)
+    return _write_readable(path, instances, mnre_line, "instance")
+
+
+def _write_readable(path: str | Path, examples: Iterable[Any], encode: Callable[[Any], str], what: str) -> int:
+    """Encode each example (one that `encode` refuses is left out with a warning) and write them atomically."""
     from mmib_cli.storage.format import atomic_write
 
-    atomic_write(Path(path), "".join(lines))
-    return len(lines)
+    parts = []
+    for example in examples:
+        try:
+            parts.append(encode(example))
+        except UnwritableExample as exc:
+            logger.warning("%s: %s of line %s left out: %s", path, what, example.line, exc)
+    atomic_write(Path(path), "".join(parts))
+    return len(parts)

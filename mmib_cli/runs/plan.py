@@ -1,8 +1,8 @@
 """What one run of `mmib annotate` / `mmib relations` is, whichever engine runs it (torch-free).
 
 A `RunOptions` holds the checked command-line values; from it every engine takes the same mode, line selection,
-prepare and relation settings, task check and chunk size. An engine (`pipeline.py` on this machine,
-`distributed.py` on Ray) only decides where the work runs.
+prepare and relation settings, task check and chunk size. An engine (`engines/local.py` on this machine,
+`engines/ray.py` on Ray) only decides where the work runs.
 """
 from __future__ import annotations
 
