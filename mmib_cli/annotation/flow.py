@@ -83,7 +83,7 @@ class AnnotationSession:
     """
 
     def __init__(self, annotator: Any, mode: Mode, relation_settings: RelationSettings | None = None, *,
-                 max_wait: int = DEFAULT_MAX_WAIT, isolated: bool = False, record_shapes: bool = False) -> None:
+                 max_wait: int = DEFAULT_MAX_WAIT, isolated: bool = False) -> None:
         self.annotator, self.mode = annotator, mode
         self.settings = relation_settings or RelationSettings()
         self.max_wait, self.isolated = max(0, max_wait), isolated
@@ -92,16 +92,14 @@ class AnnotationSession:
             raise InvalidCheckpoint(f"model {annotator.model_label} has no relation (re) model")
         if mode is not Mode.RELATIONS and annotator.ner is None:
             raise InvalidCheckpoint(f"model {annotator.model_label} has no entity (ner) model")
-        self.ner = self._runner(annotator.ner, "ner", record_shapes)
-        self.re = self._runner(annotator.re, "re", record_shapes)
-        self.crf_shapes: list | None = [] if record_shapes else None
+        self.ner = self._runner(annotator.ner, "ner")
+        self.re = self._runner(annotator.re, "re")
         self.flows: deque[PostFlow] = deque()
         self.tagged: list[PostFlow] = []  # NER rows all back, waiting for the CRF
 
     @staticmethod
-    def _runner(loaded: LoadedModel | None, task: str, record_shapes: bool) -> WindowRunner | None:
-        return None if loaded is None else WindowRunner(loaded.model, loaded.featurizer, task,
-                                                        record_shapes=record_shapes)
+    def _runner(loaded: LoadedModel | None, task: str) -> WindowRunner | None:
+        return None if loaded is None else WindowRunner(loaded.model, loaded.featurizer, task)
 
     # -- the stream -------------------------------------------------------------------------------------------
     def feed(self, chunk: Sequence[Prepared | SkippedRecord | ErrorRecord]) -> list[dict[str, Any]]:
@@ -242,7 +240,7 @@ class AnnotationSession:
 
     def _decode(self, flows: Sequence[PostFlow]) -> None:
         merged = [merge_window_emissions(f.ner_windows, f.ner_rows) for f in flows]
-        predictions = decode_posts(self.annotator.ner.model, merged, self.crf_shapes)
+        predictions = decode_posts(self.annotator.ner.model, merged)
         for flow, prediction in zip(flows, predictions):
             post = flow.post
             flow.tags = prediction.tags

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -97,16 +97,6 @@ class _Entry:
     since: int = 0  # the caller's clock (e.g. posts fed) when the window was queued
 
 
-@dataclass
-class CallShape:
-    """What one forward call looked like (kept in `WindowRunner.shapes` when `record_shapes` is set)."""
-
-    rows: int
-    length: int
-    words: int  # NER word positions (0 for RE)
-    window_lengths: list[int] = field(default_factory=list)  # pieces of each real row, in row order
-
-
 class WindowRunner:
     """Runs windows of one model in fixed-shape calls: one queue per length bucket, a call per `rows` windows.
 
@@ -116,14 +106,13 @@ class WindowRunner:
     a call.
     """
 
-    def __init__(self, model: nn.Module, featurizer, task: str, *, record_shapes: bool = False) -> None:
+    def __init__(self, model: nn.Module, featurizer, task: str) -> None:
         self.model, self.featurizer, self.task = model, featurizer, task
         self.device = next(model.parameters()).device
         self.max_length = featurizer.max_length
         self.queues: dict[int, list[_Entry]] = {}
         self.filler = Window([featurizer.cls_id, featurizer.sep_id], [0, 0])
         self.uses_images = bool(getattr(model, "uses_images", False))
-        self.shapes: list[CallShape] | None = [] if record_shapes else None
 
     def add(self, window: Window, done: Callable[[torch.Tensor], None], *, image: torch.Tensor | None = None,
             owner: object = None, since: int = 0) -> None:
@@ -196,8 +185,6 @@ class WindowRunner:
                 if entry.image is not None:
                     tokens[i], present[i] = entry.image, True
             batch.update(image_tokens=tokens, image_present=present)
-        if self.shapes is not None:
-            self.shapes.append(CallShape(len(rows), length, words or 0, [len(e.window.input_ids) for e in entries]))
         logits = self.model(**batch).logits
         if self.task == "ner":
             out = logits.float().cpu()
@@ -233,8 +220,7 @@ def encode_photos(model: nn.Module, photos: Sequence[torch.Tensor | None]) -> li
 
 
 @torch.inference_mode()
-def decode_posts(model: nn.Module, emissions: Sequence[torch.Tensor],
-                 record_shapes: list[CallShape] | None = None) -> list[NERPrediction]:
+def decode_posts(model: nn.Module, emissions: Sequence[torch.Tensor]) -> list[NERPrediction]:
     """CRF-decode each post's word emissions `(words, tags)` in calls of `CRF_ROWS` posts padded to a word bucket.
 
     A post's tags and tag scores are a function of its emissions alone (its call's shape is).
@@ -257,8 +243,6 @@ def decode_posts(model: nn.Module, emissions: Sequence[torch.Tensor],
                 n = emissions[i].shape[0]
                 padded[row, :n] = emissions[i]
                 mask[row, :n] = True
-            if record_shapes is not None:
-                record_shapes.append(CallShape(CRF_ROWS, words, words, [emissions[i].shape[0] for i in part]))
             with _single_threaded(device):
                 tags, marginals = model.decode(padded.to(device), mask.to(device))
             marginals = marginals.float().cpu()

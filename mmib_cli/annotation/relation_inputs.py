@@ -119,7 +119,7 @@ def input_pairs(prepared: "Prepared") -> list[tuple[dict, dict]]:
     elif isinstance(raw.get("h"), dict) and isinstance(raw.get("t"), dict):
         pairs.append((_entity_from_words(raw["h"], tokens, text), _entity_from_words(raw["t"], tokens, text)))
     else:
-        raise InputError(f'no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
+        raise InputError('no "pairs" (or MNRE "h"/"t") to classify; pass --pair to '
                          'classify every ordered pair of its entities (given as "entities", or found by NER)')
     return pairs
 
