@@ -69,8 +69,8 @@ def test_cli_passes_ray_options(posts_file, tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run_ray(opts, ray_options):
-        seen.update(opts=opts, ray_options=ray_options)
+    def fake_run_ray(opts, ray_options, model):
+        seen.update(opts=opts, ray_options=ray_options, model=model)
         return RunSummary(exit_code=ExitCode.PARTIAL)
 
     monkeypatch.setitem(ENGINES, Engine.RAY, fake_run_ray)
@@ -79,6 +79,7 @@ def test_cli_passes_ray_options(posts_file, tmp_path, monkeypatch):
            "--concurrency", "8", "--gpus-per-worker", "0.5", "--pair", "--shard", "2/4", expect=3)
     opts, ray_options = seen["opts"], seen["ray_options"]
     assert (ray_options.address, ray_options.concurrency, ray_options.gpus_per_worker) == ("ray://head:10001", 8, 0.5)
+    assert seen["model"].label.startswith("mmib-default") and "ner" in seen["model"].tasks  # resolved once, passed on
     assert opts.task == "relations" and opts.pair and opts.shard == (2, 4)
     assert opts.output == str(tmp_path / "shards")  # absolute: workers may run elsewhere
 

@@ -153,3 +153,21 @@ def test_model_digest_ignores_the_card_and_metrics_but_not_the_weights(tiny_bert
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "stride": 4}), encoding="utf-8")
     assert describe_model(str(model)).digest != before
+
+
+def test_a_local_run_resolves_its_model_once(tiny_text_only_ner, tmp_path, monkeypatch):
+    """Issue 28: preflight resolves `--model` into a ModelInfo; the engine and the loader use it as it is."""
+    from cli_helpers import invoke, write_jsonl
+    from mmib_cli.storage import resolve
+
+    calls = []
+    real = resolve.resolve_model
+
+    def counting(model, **kwargs):
+        calls.append(model)
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(resolve, "resolve_model", counting)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "Obama visits Berlin"}])
+    invoke("annotate", src, "-o", tmp_path / "out.jsonl", "-m", tiny_text_only_ner, "--num-workers", "0")
+    assert calls == [str(tiny_text_only_ner)]

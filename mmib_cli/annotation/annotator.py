@@ -19,6 +19,7 @@ from mmib_cli.io.records import ErrorRecord
 from mmib_cli.annotation.postprocess import relation_entity_types
 from mmib_cli.annotation.preprocess import Prepared, Skipped, prepare, word_tokens
 from mmib_cli.settings import PrepareSettings, RelationInputs, RelationSettings
+from mmib_cli.storage.model_info import ModelInfo
 
 __all__ = ["Annotator", "Prepared", "PrepareSettings", "RelationSettings", "Skipped", "prepare", "word_tokens"]
 
@@ -40,10 +41,11 @@ class Annotator:
         self.model_label = model_label
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, revision: str | None = None,
+    def from_pretrained(cls, model: str | ModelInfo = DEFAULT_MODEL, *, revision: str | None = None,
                         device: str = DEFAULT_DEVICE, dtype: str | DType = DType.AUTO, cache_dir: str | None = None,
                         token: str | None = None, online: bool | None = None) -> "Annotator":
-        """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`)."""
+        """Load a registry name, a checkpoint directory or a hub id `org/name[@rev]` (see `mmib download`), or a
+        model a run already resolved (`storage.model_info.ModelInfo`)."""
         from mmib_cli.checkpoint.bundle import load_bundle
 
         bundle = load_bundle(model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, token=token,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from mmib_cli.checkpoint.assemble import LoadedModel, load_model
 from mmib_cli.choices import DEFAULT_DEVICE, DType, ModelTask
 from mmib_cli.errors import InvalidCheckpoint
+from mmib_cli.storage.model_info import ModelInfo
 
 
 @dataclass
@@ -42,10 +43,11 @@ class LoadedBundle:
         return loaded
 
 
-def load_bundle(model: str, *, revision: str | None = None, device: str = DEFAULT_DEVICE,
+def load_bundle(model: str | ModelInfo, *, revision: str | None = None, device: str = DEFAULT_DEVICE,
                 dtype: str | DType = DType.AUTO, cache_dir: str | None = None, token: str | None = None,
                 online: bool | None = None) -> LoadedBundle:
-    """Resolve `model` (directory, registry name or hub id) and load its task models for inference.
+    """Resolve `model` (directory, registry name or hub id; a `ModelInfo` is already resolved) and load its task
+    models for inference.
 
     Raises:
         MMIBError: the checkpoint cannot be resolved, verified or loaded (see `resolve_model`, `load_model`).
@@ -59,13 +61,17 @@ def load_bundle(model: str, *, revision: str | None = None, device: str = DEFAUL
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    resolved = resolve_model(model, revision=revision, cache_dir=cache_dir, token=token, online=online)
-    bundle = LoadedBundle(label=resolved.label)
-    for path in (read_bundle(resolved.path) or {"single": resolved.path}).values():
+    if isinstance(model, ModelInfo) and model.parts:
+        label, paths = model.label, [path for _, path in model.parts]
+    else:
+        resolved = resolve_model(str(model), revision=revision, cache_dir=cache_dir, token=token, online=online)
+        label, paths = resolved.label, list((read_bundle(resolved.path) or {"single": resolved.path}).values())
+    bundle = LoadedBundle(label=label)
+    for path in paths:
         loaded = load_model(path, device=torch_device, dtype=torch_dtype)
         optimize_for_inference(loaded)
         task = ModelTask.parse(loaded.model.config.task, what="task")
         if bundle.get(task) is not None:
-            raise InvalidCheckpoint(f"checkpoint {resolved.label} holds two {task} models")
+            raise InvalidCheckpoint(f"checkpoint {label} holds two {task} models")
         setattr(bundle, task.value, loaded)
     return bundle

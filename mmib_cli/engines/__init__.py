@@ -10,14 +10,16 @@ from typing import Any, Callable
 
 from mmib_cli.choices import Engine
 from mmib_cli.runs.plan import RunOptions
+from mmib_cli.storage.model_info import ModelInfo
 from mmib_cli.runs.summary import RunSummary
 
-Runner = Callable[[RunOptions, Any], RunSummary]
+Runner = Callable[[RunOptions, Any, ModelInfo], RunSummary]
 ENGINES: dict[Engine, Runner] = {}
 
 
 def engine(kind: Engine) -> Callable[[Runner], Runner]:
-    """Register the decorated function as the runner of `kind`: `runner(opts, engine_options) -> RunSummary`."""
+    """Register the decorated function as the runner of `kind`: `runner(opts, engine_options, model) -> RunSummary`
+    (`model`: the `ModelInfo` preflight resolved; the runner trusts the plan and the model as they are)."""
     def register(runner: Runner) -> Runner:
         ENGINES[kind] = runner
         return runner
@@ -40,7 +42,7 @@ def execute(opts: RunOptions, engine_options: Any = None) -> RunSummary:
     """
     from mmib_cli.runs.preflight import preflight
 
-    preflight(opts)  # every usage error before the engine, and torch, is imported
+    model = preflight(opts)  # every usage error before the engine, and torch, is imported
     from mmib_cli.engines import local, ray  # noqa: F401 - each registers its runner
 
-    return ENGINES[opts.engine](opts, engine_options)
+    return ENGINES[opts.engine](opts, engine_options, model)

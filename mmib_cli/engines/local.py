@@ -203,9 +203,9 @@ def _fork_ok() -> bool:
 
 
 @engine(Engine.LOCAL)
-def run_local(opts: RunOptions, engine_options: None = None) -> RunSummary:
-    """The local engine's runner (`engines.execute`): `run_pipeline` with the model loaded from `opts.model`."""
-    return run_pipeline(opts)
+def run_local(opts: RunOptions, engine_options: None, model: ModelInfo) -> RunSummary:
+    """The local engine's runner (`engines.execute`): the checked plan and the resolved model, used as they are."""
+    return _run_with_summary(opts, None, model)
 
 
 def run_pipeline(opts: RunOptions, *, annotator: Annotator | None = None) -> RunSummary:
@@ -223,18 +223,22 @@ def run_pipeline(opts: RunOptions, *, annotator: Annotator | None = None) -> Run
             resumed output was made from another input/model/options, reading the input failed mid-run (complete
             lines are kept in `OUTPUT.partial`).
     """
+    return _run_with_summary(replace(opts, engine=Engine.LOCAL).check(), annotator, None)
+
+
+def _run_with_summary(opts: RunOptions, annotator: Annotator | None, model: ModelInfo | None) -> RunSummary:
     start = time.perf_counter()
-    opts = replace(opts, engine=Engine.LOCAL).check()
     summary = RunSummary()
     with interruptible():
         try:
-            _run(opts, annotator, summary)
+            _run(opts, annotator, model, summary)
         except Interrupted as exc:
             summary.interrupted(exc.signum)
     return summary.finish(time.perf_counter() - start)
 
 
-def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> None:
+def _run(opts: RunOptions, annotator: Annotator | None, model: ModelInfo | None, summary: RunSummary) -> None:
+    """`model`: resolved and checked by `runs.preflight` (None when `run_pipeline` is called directly)."""
     fingerprint: RunFingerprint | None = None
 
     def record_provenance() -> None:  # called when OUTPUT.partial is created, before its first line
@@ -246,14 +250,17 @@ def _run(opts: RunOptions, annotator: Annotator | None, summary: RunSummary) -> 
     summary.kept_errors = writer.kept_errors  # the exit code counts the kept error records too
     try:
         with writer:
-            model = describe_model(opts.model, online=opts.online) if annotator is None else _describe(annotator)
-            opts.check_tasks(model.tasks, model.label)
+            if annotator is not None:
+                model = _describe(annotator)
+            elif model is None:
+                model = describe_model(opts.model, online=opts.online)
+                opts.check_tasks(model.tasks, model.label)
             if writer.path is not None and not writer.direct:
                 fingerprint = RunFingerprint.of(opts, model)
                 if writer.resumed_from is not None and writer.done_lines:  # lines made from another run's input?
                     fingerprint.check_resume(run_info_path(writer.path), opts.input_path, writer.resumed_from)
             if annotator is None:
-                annotator = Annotator.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, online=opts.online)
+                annotator = Annotator.from_pretrained(model, device=opts.device, dtype=opts.dtype, online=opts.online)
             _annotate(opts, annotator, writer, summary)
     except Interrupted as exc:
         summary.interrupted(exc.signum)

@@ -39,6 +39,7 @@ from mmib_cli.io.lock import OutputLock
 from mmib_cli.io.writer import encode_record
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, marker_from_json
 from mmib_cli.runs import RunOptions, RunSummary, is_uri
+from mmib_cli.storage.model_info import ModelInfo
 from mmib_cli.signals import Interrupted, interruptible
 
 logger = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ def _actor_pool(ray: Any, ray_options: RayOptions) -> Any:
 
 
 @engine(Engine.RAY)
-def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSummary:
+def run_ray(opts: RunOptions, ray_options: RayOptions | None = None, model: ModelInfo | None = None) -> RunSummary:
     """Annotate `opts.input_path` on Ray Data into JSONL shards in the directory `opts.output`.
 
     Output records, error records and summary counts are those of `run_pipeline` on the same input; a shard named
@@ -367,7 +368,7 @@ def run_ray(opts: RunOptions, ray_options: RayOptions | None = None) -> RunSumma
     summary = RunSummary()
     with interruptible(), _output_lock(opts.output):
         try:
-            _run(opts, ray_options, summary)
+            _run(opts, ray_options, summary, model)
         except (Interrupted, KeyboardInterrupt) as exc:
             summary.interrupted(getattr(exc, "signum", signal.SIGINT))
             logger.warning("interrupted: the complete shards written so far are kept in %s; rerun with --force",
@@ -387,9 +388,11 @@ def _output_lock(output: str) -> Any:
     return OutputLock(target)
 
 
-def _run(opts: RunOptions, ray_options: RayOptions, summary: RunSummary) -> None:
+def _run(opts: RunOptions, ray_options: RayOptions, summary: RunSummary, model: ModelInfo | None) -> None:
+    """`model`: resolved and checked on the driver by `runs.preflight` (None when `run_ray` is called directly);
+    each actor loads `opts.model` itself, since a cluster's machines may keep checkpoints in other places."""
     ray = _import_ray()
-    label = _check_model(opts)
+    label = model.label if model is not None else _check_model(opts)
     _check_input(opts.input_path)
     _prepare_output_dir(opts.output, force=opts.force)
     if opts.num_workers:

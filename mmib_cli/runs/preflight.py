@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mmib_cli.errors import MMIBError, OutputExists, UsageError
 from mmib_cli.runs.plan import ENGINE_TRAITS, RunOptions, is_uri
+from mmib_cli.storage.model_info import ModelInfo
 
 __all__ = ["check_output_target", "preflight"]
 
@@ -60,15 +61,19 @@ def check_output_target(output: str, *, force: bool = False, resume: bool = Fals
             f"{partial} is left from an interrupted run: pass --resume to continue it or --force to start over")
 
 
-def preflight(opts: RunOptions) -> None:
+def preflight(opts: RunOptions) -> "ModelInfo":
     """The torch-free checks of a run (see the module docstring); `opts` must be checked (`RunOptions.check`).
+
+    Returns:
+        The resolved model, which the engine uses as it is (it is not resolved again).
 
     Raises:
         MMIBError: see `check_output_target`; the model cannot be resolved or lacks a part the command needs.
     """
-    from mmib_cli.runs.provenance import describe_model
+    from mmib_cli.storage.model_info import describe_model
 
     if ENGINE_TRAITS[opts.engine].output == "file":
         check_output_target(opts.output, force=opts.force, resume=opts.resume)
     model = describe_model(opts.model, online=opts.online)
     opts.check_tasks(model.tasks, model.label)
+    return model

@@ -9,7 +9,6 @@ input that only grew at its end resumes; a line that was edited, removed or repl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from mmib_cli.errors import MMIBError, ResumeMismatch
 from mmib_cli.io.safefile import read_sidecar, write_atomic
 from mmib_cli.runs.plan import RunOptions, is_uri
+from mmib_cli.storage.model_info import ModelInfo, describe_model
 
 __all__ = ["ModelInfo", "ResumeCheck", "ResumeMismatch", "RunFingerprint", "describe_model", "run_info_path"]
 
@@ -29,38 +29,6 @@ OUTPUT_OPTIONS = ("task", "relations", "pair", "min_score", "max_pairs", "keep_n
                   "on_missing_image", "image_root", "confine_images", "id_field", "text_field", "image_field", "shard",
                   "dtype")
 """The options whose value changes an output line (batch size, workers, device and limit do not)."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A resolved `--model`: its label, the task models it holds and a digest of its files."""
-
-    label: str
-    tasks: frozenset[str]
-    digest: str
-
-
-DESCRIPTIVE_FILES = frozenset({"README.md", "metrics.json", "training_args.json"})
-"""Checkpoint files that describe a model without changing its output: left out of its digest, so a model card
-fixed in a new release does not refuse `--resume` of an output the same weights started."""
-
-
-def describe_model(model: str, *, online: bool | None = None) -> ModelInfo:
-    """Resolve `--model` (without loading it) and describe it (the digest covers every file but `DESCRIPTIVE_FILES`).
-
-    Raises:
-        MMIBError: the model cannot be resolved or its config cannot be read.
-    """
-    from mmib_cli.storage.resolve import resolve_model
-    from mmib_cli.storage.format import checkpoint_files, read_bundle, read_config
-
-    resolved = resolve_model(model, online=online)
-    parts = read_bundle(resolved.path) or {"single": resolved.path}
-    tasks = frozenset(str(read_config(path).get("task")) for path in parts.values())
-    files = {rel: sha for rel, sha in checkpoint_files(resolved.path).items()
-             if rel.rsplit("/", 1)[-1] not in DESCRIPTIVE_FILES}
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    return ModelInfo(resolved.label, tasks, "sha256:" + digest)
 
 
 def run_info_path(output: Path) -> Path:
