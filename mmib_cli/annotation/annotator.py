@@ -71,11 +71,15 @@ class Annotator:
         if self.image_models:
             settings.image_size = self.image_models[0].image_info.image_size
         if mode is Mode.RELATIONS:
-            relation_settings = relation_settings or RelationSettings(pair=False)
-            types = relation_entity_types(self.re.model.config.labels) \
-                if self.re is not None and relation_settings.type_constraints else frozenset()
-            settings.relation_inputs = RelationInputs(relation_settings.pair, types)
+            settings.relation_inputs = self.relation_inputs(relation_settings or RelationSettings(pair=False))
         return settings
+
+    def relation_inputs(self, relation_settings: RelationSettings) -> RelationInputs:
+        """How `mmib relations` checks the pairs and entities a post gives, under these settings (with type
+        constraints, entity labels must be types this annotator's relation labels use)."""
+        types = relation_entity_types(self.re.model.config.labels) \
+            if self.re is not None and relation_settings.type_constraints else frozenset()
+        return RelationInputs(relation_settings.pair, types)
 
     # -- library entry points ---------------------------------------------------------------------------------
     def annotate(self, records: Iterable[dict[str, Any]], *, relations: bool = False,

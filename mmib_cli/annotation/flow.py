@@ -19,11 +19,11 @@ from mmib_cli.errors import InvalidCheckpoint, InvalidInput, MMIBError
 from mmib_cli.features import Window, merge_window_emissions
 from mmib_cli.annotation.forward import CallFailed, WindowRunner, decode_posts, encode_photos
 from mmib_cli.io.records import ErrorRecord, SkippedRecord, make_output
-from mmib_cli.annotation.postprocess import (PairSelection, bio_to_entities, default_min_score, relation_entity_types,
-                                  relations_from_scores, select_pairs)
+from mmib_cli.annotation.postprocess import (PairSelection, bio_to_entities, default_min_score,
+                                             relations_from_scores, select_pairs)
 from mmib_cli.annotation.preprocess import Prepared
 from mmib_cli.annotation.relation_inputs import WordIndex, bio_from_entities, check_relation_inputs, given_pair_selection
-from mmib_cli.settings import RelationInputs, RelationSettings
+from mmib_cli.settings import RelationSettings
 
 if TYPE_CHECKING:
     from mmib_cli.checkpoint.assemble import LoadedModel
@@ -183,9 +183,7 @@ class AnnotationSession:
     def _check_relation_inputs(self, flow: PostFlow) -> None:
         post = flow.post
         if not post.relation_inputs_checked:  # prepared without the run's relation inputs (library callers)
-            types = relation_entity_types(self.annotator.re.model.config.labels) \
-                if self.settings.type_constraints else frozenset()
-            checked = check_relation_inputs(post, RelationInputs(self.settings.pair, types))
+            checked = check_relation_inputs(post, self.annotator.relation_inputs(self.settings))
             if isinstance(checked, ErrorRecord):
                 flow.record = checked.to_json()
                 return

@@ -70,27 +70,6 @@ def evaluate_file(task: ModelTask | str, *, model: str, data: str | Path, images
     return metrics
 
 
-def check_metrics_output(path: str | Path | None, *, force: bool = False, inputs: tuple = ()) -> None:
-    """Refuse an existing `--output-json` file unless `force`, and one that is an input (checked before the
-    evaluation runs).
-
-    Raises:
-        OutputExists: the file exists and `force` is False.
-        UsageError: the file is one of `inputs` (the data file), a directory, or a name too long.
-    """
-    from mmib_cli.errors import OutputExists
-    from mmib_cli.io.safefile import check_output_name, output_target, refuse_same_file
-
-    if path is None:
-        return
-    if Path(path).is_dir():
-        raise UsageError(f"--output-json {path} is a directory: give a file name inside it")
-    check_output_name(output_target(path), (".partial",))
-    refuse_same_file(inputs, [output_target(path)], what="--output-json")
-    if Path(path).exists() and not force:
-        raise OutputExists(f"{path} already exists; pass --force to overwrite it")
-
-
 def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:
     """Write the metrics as indented JSON (through a new temporary file renamed into place; a symlinked
     `--output-json` is followed to its target, as `-o` is)."""
